@@ -1,0 +1,1 @@
+//! Benchmarks live in benches/benches; run with `cargo bench -p boltzflow-benches`.

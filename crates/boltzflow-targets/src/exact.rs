@@ -1,0 +1,1 @@
+//! Exact references: Bessel sums, lattice Fourier sums and numerical quadrature.
