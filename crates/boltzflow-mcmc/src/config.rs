@@ -1,10 +1,17 @@
 //! The `[mcmc]` section of a run config and the sampler factory.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use boltzflow_targets::TargetSpec;
+use boltzflow_targets::geometry::Lattice;
 
-use crate::{Result, Sampler};
+use crate::heatbath::Heatbath;
+use crate::hmc::Hmc;
+use crate::local::{ParticleMetropolis, Phi4Metropolis, U1Lattice, U1Metropolis};
+use crate::wolff::Wolff;
+use crate::{McmcError, Result, Sampler};
 
 /// Which update a chain uses.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -71,8 +78,98 @@ pub struct McmcConfig {
     pub heatbath: crate::heatbath::HeatbathConfig,
 }
 
+impl McmcConfig {
+    /// Checks every parameter; the error names the key and the fix.
+    pub fn validate(&self) -> Result<()> {
+        let at_least_one = |name: &'static str, value: usize, fix: &'static str| {
+            if value == 0 {
+                Err(McmcError::InvalidParameter {
+                    name,
+                    value: "0".into(),
+                    fix,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        at_least_one("chains", self.chains, "run at least 1 chain")?;
+        at_least_one("draws", self.draws, "store at least 1 draw per chain")?;
+        at_least_one(
+            "steps_per_draw",
+            self.steps_per_draw,
+            "use at least 1 update between draws",
+        )?;
+        at_least_one("block", self.block, "flush at least every 1 draw")?;
+        self.hmc.validate()?;
+        self.metropolis.validate()?;
+        self.wolff.validate()?;
+        Ok(())
+    }
+}
+
+impl SamplerKind {
+    /// Name as in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Hmc => "hmc",
+            Self::Metropolis => "metropolis",
+            Self::Wolff => "wolff",
+            Self::Heatbath => "heatbath",
+        }
+    }
+}
+
 /// Builds the configured sampler for a target; errors if the update does not apply to it.
+///
+/// `hmc` and `metropolis` apply to every theory (checkerboard sites for phi^4, links for
+/// U(1), single particles otherwise), `wolff` only to phi^4 and `heatbath` only to U(1).
 pub fn build_sampler(config: &McmcConfig, target: &TargetSpec) -> Result<Box<dyn Sampler>> {
-    let _ = (config, target);
-    todo!()
+    config.validate()?;
+    target.validate()?;
+    let unsupported = |fix: &'static str| McmcError::Unsupported {
+        sampler: config.sampler.name(),
+        theory: target.theory(),
+        fix,
+    };
+    Ok(match (config.sampler, target) {
+        (SamplerKind::Hmc, _) => Box::new(Hmc::new(Arc::from(target.build()?), &config.hmc)?),
+        (SamplerKind::Metropolis, TargetSpec::Phi4(spec)) => {
+            let (m2, lam) = spec.couplings();
+            let lattice = Lattice::new(&spec.shape)?;
+            Box::new(Phi4Metropolis::new(lattice, m2, lam, &config.metropolis)?)
+        }
+        (SamplerKind::Metropolis, TargetSpec::U1(spec)) => Box::new(U1Metropolis::new(
+            U1Lattice::new(&spec.shape, spec.beta)?,
+            &config.metropolis,
+        )?),
+        (SamplerKind::Metropolis, _) => Box::new(ParticleMetropolis::new(
+            Arc::from(target.build()?),
+            &config.metropolis,
+        )?),
+        (SamplerKind::Wolff, TargetSpec::Phi4(spec)) => {
+            let (m2, lam) = spec.couplings();
+            let lattice = Lattice::new(&spec.shape)?;
+            Box::new(Wolff::new(
+                lattice,
+                m2,
+                lam,
+                &config.wolff,
+                &config.metropolis,
+            )?)
+        }
+        (SamplerKind::Wolff, _) => {
+            return Err(unsupported(
+                "wolff applies only to phi4; use hmc or metropolis",
+            ));
+        }
+        (SamplerKind::Heatbath, TargetSpec::U1(spec)) => Box::new(Heatbath::new(
+            U1Lattice::new(&spec.shape, spec.beta)?,
+            &config.heatbath,
+        )?),
+        (SamplerKind::Heatbath, _) => {
+            return Err(unsupported(
+                "heatbath applies only to u1; use hmc or metropolis",
+            ));
+        }
+    })
 }

@@ -4,6 +4,7 @@
 //! reports [`StepStats`]. Chains are seeded per chain ([`chain_rng`]) so that a run is
 //! reproducible bitwise, whatever the number of threads.
 
+pub mod chains;
 pub mod config;
 pub mod heatbath;
 pub mod hmc;
@@ -12,6 +13,7 @@ pub mod wolff;
 
 use rand::SeedableRng;
 
+pub use chains::{BlockData, Chain, ChainState, Chains};
 pub use config::{McmcConfig, SamplerKind, build_sampler};
 
 /// The per-chain random number generator (xoshiro256++, 2^128 jumps apart per stream).

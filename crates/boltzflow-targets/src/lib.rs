@@ -130,6 +130,10 @@ pub trait VectorObservable: Send + Sync {
     fn name(&self) -> &str;
     /// Number of components.
     fn len(&self) -> usize;
+    /// True when the observable has no components.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Writes the components for configuration `x` into `out` (length `len()`).
     fn measure(&self, x: &[f64], out: &mut [f64]);
 }

@@ -50,10 +50,7 @@ impl LatticeFile {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|e| match e {
-            TargetError::Parse(msg) => TargetError::Parse(format!("{}: {msg}", path.display())),
-            other => other,
-        })
+        Self::parse(&text).map_err(|e| TargetError::Parse(format!("{}: {e}", path.display())))
     }
 
     /// Parses and validates lattice-file text.

@@ -1,1 +1,171 @@
-fn main() {}
+//! The `boltzflow` command line: sample Boltzmann distributions with flows and MCMC,
+//! analyse ensembles with honest errors, and print exact reference values.
+
+mod analyze;
+mod config;
+mod mcmc;
+mod provenance;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Result, anyhow};
+use clap::{Parser, Subcommand};
+
+use boltzflow_targets::LatticeFile;
+
+#[derive(Parser)]
+#[command(
+    name = "boltzflow",
+    version,
+    about = "Boltzmann generators and MCMC baselines for lattice field theories and molecular systems"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run Markov chains of an MCMC baseline and write an HDF5 ensemble.
+    Mcmc {
+        /// Run config (TOML) with an [mcmc] section.
+        config: PathBuf,
+        /// Override a config key: --set mcmc.draws=1000 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Output file (default runs/<config name>.h5).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Overwrite an existing output file.
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
+        /// No progress bar and no summary table.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Analyse an ensemble file: means, errors, tau_int, R-hat, deviation from exact values.
+    Analyze {
+        /// HDF5 file written by boltzflow.
+        file: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every exact value the target of a lattice file (or run config) admits.
+    Exact {
+        /// Lattice file, or a run config naming one.
+        lattice: PathBuf,
+        /// Print one JSON object {"name": value}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", one_line(&e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The error chain on one line, outermost context first.
+fn one_line(e: &anyhow::Error) -> String {
+    e.chain()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(": ")
+        .replace('\n', " ")
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Mcmc {
+            config,
+            overrides,
+            out,
+            resume,
+            force,
+            quiet,
+        } => {
+            let args = mcmc::McmcArgs {
+                config,
+                overrides,
+                out,
+                resume,
+                force,
+                quiet,
+            };
+            let path = mcmc::run(&args)?;
+            if !args.quiet {
+                analyze::print_table(&analyze::analyze(&path)?);
+            }
+            Ok(())
+        }
+        Command::Analyze { file, json } => {
+            let report = analyze::analyze(&file)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                analyze::print_table(&report);
+            }
+            Ok(())
+        }
+        Command::Exact { lattice, json } => {
+            let values = exact_values(&lattice)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&values)?);
+            } else if values.is_empty() {
+                println!(
+                    "{}: no exact values are known for this target",
+                    lattice.display()
+                );
+            } else {
+                for (name, value) in &values {
+                    println!("{name:<12} {value:.12e}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Exact values of the target in a lattice file, or in the lattice a run config names.
+fn exact_values(path: &Path) -> Result<BTreeMap<String, f64>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("cannot read {}: {e}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+        anyhow!(
+            "{}: {}",
+            path.display(),
+            boltzflow_targets::spec::one_line(&e.to_string())
+        )
+    })?;
+    let lattice = match table.get("lattice").and_then(|v| v.as_str()) {
+        Some(relative) if !table.contains_key("theory") => {
+            let resolved = path.parent().unwrap_or(Path::new(".")).join(relative);
+            LatticeFile::read(&resolved)?
+        }
+        _ => LatticeFile::read(path)?,
+    };
+    Ok(lattice.target.build()?.exact())
+}

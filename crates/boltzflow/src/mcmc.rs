@@ -1,0 +1,228 @@
+//! `boltzflow mcmc`: Markov chains of a baseline sampler, written block by block to HDF5.
+//!
+//! The run loop owns stepping, commits and resumption; the HDF5 writer and the progress bar
+//! observe it. Each block is appended, then the checkpoint (configurations, generator and
+//! sampler states, draw counter) is written, then the file is flushed: a run killed at any
+//! moment resumes from its last committed block with the generator state it had, so the
+//! resumed chain is bitwise the chain an uninterrupted run would have produced.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use boltzflow_mcmc::{BlockData, ChainState, Chains};
+use boltzflow_store::{
+    Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout, RunMeta,
+};
+use boltzflow_targets::CONVENTIONS;
+
+use crate::config::Loaded;
+use crate::provenance;
+
+/// Options of `boltzflow mcmc`.
+pub struct McmcArgs {
+    pub config: PathBuf,
+    pub overrides: Vec<String>,
+    pub out: Option<PathBuf>,
+    pub resume: bool,
+    pub force: bool,
+    pub quiet: bool,
+}
+
+/// Runs the chains and returns the path of the ensemble file.
+pub fn run(args: &McmcArgs) -> Result<PathBuf> {
+    let loaded = Loaded::read(&args.config, &args.overrides)?;
+    let mcmc = loaded.mcmc(&args.config)?.clone();
+    // Everything is validated before any file is touched.
+    let mut chains = Chains::new(&mcmc, &loaded.lattice.target, 0)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&args.config));
+    let layout = Layout {
+        chains: mcmc.chains,
+        config_shape: mcmc.store_configs.then(|| chains.target().shape()),
+        series: chains.series_names(),
+        vectors: chains.vector_names(),
+        block: mcmc.block,
+    };
+
+    let (mut writer, mut done) = if args.resume {
+        if !out.exists() {
+            bail!(
+                "nothing to resume: {} does not exist; run without --resume",
+                out.display()
+            );
+        }
+        let stored = stored_config(&out)?;
+        if !same_run(&stored, &loaded.toml) {
+            bail!(
+                "{} was written by another config; rerun without --resume (and another --out) or with the same config",
+                out.display()
+            );
+        }
+        let (writer, checkpoint) = EnsembleWriter::resume(&out, &stored, &layout)?;
+        let done = if checkpoint.chains.is_empty() {
+            tracing::info!("no checkpoint yet: thermalising again from the start");
+            chains.thermalize(mcmc.thermalization);
+            0
+        } else {
+            let states: Vec<ChainState> = checkpoint
+                .chains
+                .iter()
+                .map(|c| ChainState {
+                    x: c.x.clone(),
+                    rng: c.rng.clone(),
+                    sampler: c.sampler.clone(),
+                })
+                .collect();
+            chains.restore(&states)?;
+            checkpoint.draws as usize
+        };
+        tracing::info!(
+            "resuming {} at draw {done} of {}",
+            out.display(),
+            mcmc.draws
+        );
+        (writer, done)
+    } else {
+        if out.exists() && !args.force {
+            bail!(
+                "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
+                out.display()
+            );
+        }
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+        }
+        let meta = RunMeta {
+            kind: "mcmc".into(),
+            program_version: provenance::VERSION.into(),
+            git_commit: provenance::GIT_COMMIT.into(),
+            host: provenance::host(),
+            date: provenance::utc_now(),
+            command: provenance::command_line(),
+            config_toml: loaded.toml.clone(),
+            lattice_toml: loaded.lattice.to_toml(),
+            conventions: CONVENTIONS.into(),
+            seed: mcmc.seed,
+        };
+        let mut writer = EnsembleWriter::create(&out, &meta, &layout, args.force)?;
+        let start = Instant::now();
+        chains.thermalize(mcmc.thermalization);
+        tracing::info!(
+            "thermalised {} chains x {} updates in {:.2?}",
+            chains.len(),
+            mcmc.thermalization,
+            start.elapsed()
+        );
+        writer.commit(
+            &to_block(BlockData::default(), &layout),
+            &checkpoint(&chains, 0),
+        )?;
+        (writer, 0)
+    };
+
+    let progress = progress_bar(mcmc.draws as u64, args.quiet);
+    progress.set_position(done as u64);
+    let start = Instant::now();
+    while done < mcmc.draws {
+        let n = mcmc.block.min(mcmc.draws - done);
+        let block = chains.run_block(n);
+        done += n;
+        writer.commit(&to_block(block, &layout), &checkpoint(&chains, done))?;
+        progress.set_position(done as u64);
+    }
+    progress.finish_and_clear();
+    tracing::info!(
+        "{} chains x {} draws in {:.2?}; wrote {}",
+        chains.len(),
+        mcmc.draws,
+        start.elapsed(),
+        writer.path().display()
+    );
+    Ok(out)
+}
+
+/// `runs/<config stem>.h5`.
+fn default_out(config: &Path) -> PathBuf {
+    let stem = config
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or("run".into());
+    PathBuf::from("runs").join(format!("{stem}.h5"))
+}
+
+/// The config text stored in an existing ensemble file.
+fn stored_config(path: &Path) -> Result<String> {
+    let reader = EnsembleReader::open(path)?;
+    Ok(reader.meta().config_toml.clone())
+}
+
+/// True when two resolved configs describe the same run; only the number of draws may grow.
+fn same_run(stored: &str, requested: &str) -> bool {
+    let strip = |text: &str| -> Option<toml::Table> {
+        let mut t: toml::Table = toml::from_str(text).ok()?;
+        if let Some(m) = t.get_mut("mcmc").and_then(|m| m.as_table_mut()) {
+            m.remove("draws");
+        }
+        Some(t)
+    };
+    matches!((strip(stored), strip(requested)), (Some(a), Some(b)) if a == b)
+}
+
+fn checkpoint(chains: &Chains, draws: usize) -> Checkpoint {
+    Checkpoint {
+        draws: draws as u64,
+        chains: chains
+            .states()
+            .into_iter()
+            .map(|s| ChainCheckpoint {
+                x: s.x,
+                rng: s.rng,
+                sampler: s.sampler,
+            })
+            .collect(),
+    }
+}
+
+fn to_block(block: BlockData, layout: &Layout) -> Block {
+    let mut series = block.series;
+    if series.is_empty() {
+        series = layout
+            .series
+            .iter()
+            .map(|n| (n.clone(), Vec::new()))
+            .collect();
+    }
+    let mut vectors = block.vectors;
+    if vectors.is_empty() {
+        vectors = layout
+            .vectors
+            .iter()
+            .map(|(n, _)| (n.clone(), Vec::new()))
+            .collect();
+    }
+    Block {
+        draws: block.draws,
+        configs: block.configs,
+        series,
+        vectors,
+    }
+}
+
+fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} draws {pos}/{len} [{bar:30}] {per_sec} eta {eta}")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar
+}
