@@ -4,7 +4,7 @@
 Usage: python3 scripts/check_h5py.py RUN.h5
 
 Checks that the /meta attributes are str (ints for format_version and seed), that the live
-checkpoint slot is consistent with /checkpoint, and that /configs, /series/* and /vectors/* have
+checkpoint slot is consistent with /checkpoint/committed and its texts decode, and that /configs, /series/* and /vectors/* have
 shapes (chains, >= draws, ...) with finite committed values. Prints a one-line summary and exits
 non-zero on any problem.
 """
@@ -26,7 +26,11 @@ def check(path):
     import numpy as np
 
     problems = []
-    with h5py.File(path, "r") as f:
+    try:  # SWMR read also opens a file whose writer is running or was killed
+        f = h5py.File(path, "r", swmr=True)
+    except OSError:
+        f = h5py.File(path, "r")
+    with f:
         meta = f["meta"].attrs
         for name in TEXT_ATTRS:
             if name not in meta:
@@ -44,17 +48,18 @@ def check(path):
 
         cp = f["checkpoint"]
         chains = int(cp.attrs["chains"])
-        generation = int(cp.attrs["generation"])
-        draws = int(cp.attrs["draws"])
+        generation, draws = (int(v) for v in cp["committed"][()])
         slot = cp[f"slot{generation % 2}"]
-        if int(slot.attrs["generation"]) != generation or int(slot.attrs["draws"]) != draws:
-            problems.append("live checkpoint slot stamp disagrees with /checkpoint")
-        for name in ("rng", "sampler"):
-            texts = slot[name].asstr()[()]
-            if len(texts) != chains:
-                problems.append(f"checkpoint {name} has {len(texts)} entries, expected {chains}")
-        if "x" in slot and slot["x"].shape[0] != chains:
-            problems.append(f"checkpoint x has shape {slot['x'].shape}")
+        if [int(v) for v in slot["stamp"][()]] != [generation, draws]:
+            problems.append("live checkpoint slot stamp disagrees with /checkpoint/committed")
+        if generation > 0:
+            for name in ("rng", "sampler"):
+                lens = slot[f"{name}_len"][()]
+                texts = [bytes(slot[name][c, :n]).decode("utf-8") for c, n in enumerate(lens)]
+                if len(texts) != chains or not all(texts):
+                    problems.append(f"checkpoint {name} has {len(texts)} texts, expected {chains} non-empty")
+            if slot["x"].shape[0] != chains:
+                problems.append(f"checkpoint x has shape {slot['x'].shape}")
 
         datasets = []
         if "configs" in f:
@@ -70,8 +75,8 @@ def check(path):
                 continue
             if not np.all(np.isfinite(d[:, :draws])):
                 problems.append(f"{name} has non-finite committed values")
-    summary = (f"{path}: chains={chains} draws={draws} datasets={len(datasets)} "
-               f"kind={meta.get('kind')} config_hash={meta.get('config_hash')}")
+        summary = (f"{path}: chains={chains} draws={draws} datasets={len(datasets)} "
+                   f"kind={meta.get('kind')} config_hash={meta.get('config_hash')}")
     return summary, problems
 
 

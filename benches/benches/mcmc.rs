@@ -11,16 +11,22 @@ use boltzflow_mcmc::hmc::{Hmc, HmcConfig};
 use boltzflow_mcmc::local::{MetropolisConfig, Phi4Metropolis};
 use boltzflow_mcmc::wolff::{Wolff, WolffConfig};
 use boltzflow_mcmc::{Sampler, chain_rng};
-use boltzflow_targets::geometry::Lattice;
-use boltzflow_targets::phi4::Phi4Spec;
+use boltzflow_targets::phi4::{Phi4, Phi4Spec};
 use boltzflow_targets::{Target, TargetSpec};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const M2: f64 = -4.0;
 const LAM: f64 = 8.0;
 
-fn lattice(l: i64) -> Lattice {
-    Lattice::new(&[l, l]).expect("valid lattice")
+fn phi4(l: i64) -> Phi4 {
+    Phi4::new(&Phi4Spec {
+        shape: vec![l, l],
+        m2: Some(M2),
+        lam: Some(LAM),
+        kappa: None,
+        lam_h: None,
+    })
+    .expect("valid phi^4 spec")
 }
 
 fn phi4_target(l: i64) -> Arc<dyn Target> {
@@ -59,9 +65,7 @@ fn metropolis(c: &mut Criterion) {
     for l in [64i64, 256] {
         let v = (l * l) as usize;
         let sampler = Phi4Metropolis::new(
-            lattice(l),
-            M2,
-            LAM,
+            phi4(l),
             &MetropolisConfig {
                 step_size: 1.0,
                 hits: 1,
@@ -84,8 +88,7 @@ fn hmc(c: &mut Criterion) {
         let config = HmcConfig {
             step_size: 0.05,
             n_steps: 10,
-            adapt: true,
-            target_acceptance: 0.8,
+            ..HmcConfig::default()
         };
         let sampler = Hmc::new(phi4_target(l), &config).expect("valid config");
         bench_steps(
@@ -102,9 +105,7 @@ fn hmc(c: &mut Criterion) {
 fn wolff(c: &mut Criterion) {
     let l = 64i64;
     let sampler = Wolff::new(
-        lattice(l),
-        M2,
-        LAM,
+        phi4(l),
         &WolffConfig::default(),
         &MetropolisConfig {
             step_size: 1.0,

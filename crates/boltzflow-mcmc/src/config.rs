@@ -5,11 +5,12 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use boltzflow_targets::TargetSpec;
-use boltzflow_targets::geometry::Lattice;
+use boltzflow_targets::phi4::Phi4;
+use boltzflow_targets::u1::U1;
 
 use crate::heatbath::Heatbath;
 use crate::hmc::Hmc;
-use crate::local::{ParticleMetropolis, Phi4Metropolis, U1Lattice, U1Metropolis};
+use crate::local::{ParticleMetropolis, Phi4Metropolis, U1Metropolis};
 use crate::wolff::Wolff;
 use crate::{McmcError, Result, Sampler};
 
@@ -134,42 +135,119 @@ pub fn build_sampler(config: &McmcConfig, target: &TargetSpec) -> Result<Box<dyn
     Ok(match (config.sampler, target) {
         (SamplerKind::Hmc, _) => Box::new(Hmc::new(Arc::from(target.build()?), &config.hmc)?),
         (SamplerKind::Metropolis, TargetSpec::Phi4(spec)) => {
-            let (m2, lam) = spec.couplings();
-            let lattice = Lattice::new(&spec.shape)?;
-            Box::new(Phi4Metropolis::new(lattice, m2, lam, &config.metropolis)?)
+            Box::new(Phi4Metropolis::new(Phi4::new(spec)?, &config.metropolis)?)
         }
-        (SamplerKind::Metropolis, TargetSpec::U1(spec)) => Box::new(U1Metropolis::new(
-            U1Lattice::new(&spec.shape, spec.beta)?,
-            &config.metropolis,
-        )?),
+        (SamplerKind::Metropolis, TargetSpec::U1(spec)) => {
+            Box::new(U1Metropolis::new(U1::new(spec)?, &config.metropolis)?)
+        }
         (SamplerKind::Metropolis, _) => Box::new(ParticleMetropolis::new(
             Arc::from(target.build()?),
             &config.metropolis,
         )?),
-        (SamplerKind::Wolff, TargetSpec::Phi4(spec)) => {
-            let (m2, lam) = spec.couplings();
-            let lattice = Lattice::new(&spec.shape)?;
-            Box::new(Wolff::new(
-                lattice,
-                m2,
-                lam,
-                &config.wolff,
-                &config.metropolis,
-            )?)
-        }
+        (SamplerKind::Wolff, TargetSpec::Phi4(spec)) => Box::new(Wolff::new(
+            Phi4::new(spec)?,
+            &config.wolff,
+            &config.metropolis,
+        )?),
         (SamplerKind::Wolff, _) => {
             return Err(unsupported(
                 "wolff applies only to phi4; use hmc or metropolis",
             ));
         }
-        (SamplerKind::Heatbath, TargetSpec::U1(spec)) => Box::new(Heatbath::new(
-            U1Lattice::new(&spec.shape, spec.beta)?,
-            &config.heatbath,
-        )?),
+        (SamplerKind::Heatbath, TargetSpec::U1(spec)) => {
+            Box::new(Heatbath::new(U1::new(spec)?, &config.heatbath)?)
+        }
         (SamplerKind::Heatbath, _) => {
             return Err(unsupported(
                 "heatbath applies only to u1; use hmc or metropolis",
             ));
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boltzflow_targets::LatticeFile;
+
+    fn config(sampler: SamplerKind) -> McmcConfig {
+        serde_json::from_value(serde_json::json!({
+            "sampler": sampler,
+            "seed": 1,
+            "thermalization": 10,
+            "draws": 10,
+        }))
+        .unwrap()
+    }
+
+    fn spec(toml: &str) -> TargetSpec {
+        LatticeFile::parse(toml).unwrap().target
+    }
+
+    #[test]
+    fn builds_the_sampler_that_applies() {
+        let phi4 = spec("theory = \"phi4\"\nshape = [4, 4]\nm2 = -4.0\nlam = 8.0\n");
+        let u1 = spec("theory = \"u1\"\nshape = [4, 4]\nbeta = 2.0\n");
+        let dw = spec("theory = \"double_well\"\n");
+        for (kind, target, name) in [
+            (SamplerKind::Hmc, &phi4, "hmc"),
+            (SamplerKind::Hmc, &u1, "hmc"),
+            (SamplerKind::Hmc, &dw, "hmc"),
+            (SamplerKind::Metropolis, &phi4, "metropolis"),
+            (SamplerKind::Metropolis, &u1, "metropolis"),
+            (SamplerKind::Metropolis, &dw, "metropolis"),
+            (SamplerKind::Wolff, &phi4, "wolff"),
+            (SamplerKind::Heatbath, &u1, "heatbath"),
+        ] {
+            let sampler = build_sampler(&config(kind), target).unwrap();
+            assert_eq!(sampler.name(), name);
+        }
+    }
+
+    #[test]
+    fn refuses_samplers_that_do_not_apply() {
+        let u1 = spec("theory = \"u1\"\nshape = [4, 4]\nbeta = 2.0\n");
+        let err = build_sampler(&config(SamplerKind::Wolff), &u1)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("wolff") && err.contains("u1") && err.contains("hmc or metropolis"),
+            "{err}"
+        );
+        let dw = spec("theory = \"double_well\"\n");
+        let err = build_sampler(&config(SamplerKind::Heatbath), &dw)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("heatbath") && err.contains("double_well"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_parameters_naming_the_key() {
+        let phi4 = spec("theory = \"phi4\"\nshape = [4, 4]\nm2 = -4.0\nlam = 8.0\n");
+        let mut cases: Vec<(McmcConfig, &str)> = Vec::new();
+        for key in ["chains", "draws", "steps_per_draw", "block"] {
+            let mut c = serde_json::to_value(config(SamplerKind::Metropolis)).unwrap();
+            c[key] = serde_json::json!(0);
+            cases.push((serde_json::from_value(c).unwrap(), key));
+        }
+        let mut c = config(SamplerKind::Hmc);
+        c.hmc.step_size = f64::INFINITY;
+        cases.push((c, "hmc.step_size"));
+        let mut c = config(SamplerKind::Metropolis);
+        c.metropolis.hits = 0;
+        cases.push((c, "metropolis.hits"));
+        let mut c = config(SamplerKind::Wolff);
+        c.wolff.clusters = 0;
+        cases.push((c, "wolff.clusters"));
+        for (c, key) in cases {
+            let err = build_sampler(&c, &phi4).err().unwrap().to_string();
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+            assert!(!err.contains('\n'));
+        }
+    }
 }

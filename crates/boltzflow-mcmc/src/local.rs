@@ -4,15 +4,16 @@
 //! Every proposal is a symmetric uniform shift x' = x + step_size * u, u ~ U(-1, 1) per
 //! coordinate, accepted with probability min(1, exp(-dS)), tested as `dS <= 0 || v < exp(-dS)`.
 //!
-//! * phi^4 ([`Phi4Metropolis`]): the local action of site x is
-//!   s_x(phi) = -2 phi N_x + (2d + m2) phi^2 + lam phi^4 with N_x the sum of the 2d neighbours,
-//!   so dS = s_x(phi') - s_x(phi). On a bipartite lattice (all extents even) the sweep updates
-//!   the even sites, then the odd ones ([`Checkerboard`]); sites of one colour are independent,
-//!   so each colour is cut into fixed blocks updated in parallel, block b drawing from its own
-//!   generator seeded by one `u64` of the chain generator. The result is bitwise the same for
-//!   any number of threads.
-//! * U(1) ([`U1Metropolis`]): the local action of a link is -beta k cos(theta - alpha), with
-//!   k e^{i alpha} the staple sum of its two plaquettes ([`U1Lattice::staple`]).
+//! * phi^4 ([`Phi4Metropolis`]): the local action of site x is the target's
+//!   [`Phi4::local_action`] s_x(phi) = -2 phi n_x + (2d + m2) phi^2 + lam phi^4 with n_x the sum
+//!   of the 2d neighbours, so dS = s_x(phi') - s_x(phi). On a bipartite lattice (all extents
+//!   even) the sweep updates the even sites, then the odd ones ([`Checkerboard`]); sites of one
+//!   colour are independent, so each colour is cut into fixed blocks updated in parallel, block
+//!   b drawing from its own generator seeded by one `u64` of the chain generator. The result is
+//!   bitwise the same for any number of threads.
+//! * U(1) ([`U1Metropolis`]): the local action of a link is the target's [`U1::local_action`]
+//!   S_link(theta) = -beta Re[exp(i theta) K], with K the staple sum of its two plaquettes
+//!   ([`U1::staple`]).
 //! * molecules and any other target ([`ParticleMetropolis`]): configurations of shape
 //!   `[n, dim]` move one particle (all `dim` coordinates) at a time, with the full action
 //!   difference; shape `[n]` (e.g. the 2D double well, `[2]`) moves the whole point.
@@ -24,7 +25,8 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use boltzflow_targets::Target;
-use boltzflow_targets::geometry::Lattice;
+use boltzflow_targets::phi4::Phi4;
+use boltzflow_targets::u1::U1;
 
 use crate::{ChainRng, McmcError, Result, Sampler, StepStats};
 
@@ -134,22 +136,6 @@ fn metropolis_accept(ds: f64, rng: &mut BlockRng) -> bool {
     ds <= 0.0 || ds < rng.sample(rand_distr::Exp1)
 }
 
-/// The phi^4 action S = sum_x [-2 sum_mu phi(x) phi(x+mu) + (2d + m2) phi^2 + lam phi^4].
-pub fn phi4_action(lattice: &Lattice, m2: f64, lam: f64, phi: &[f64]) -> f64 {
-    let d = lattice.ndim();
-    let mass = 2.0 * d as f64 + m2;
-    let mut s = 0.0;
-    for (i, &p) in phi.iter().enumerate() {
-        let mut hop = 0.0;
-        for mu in 0..d {
-            hop += phi[lattice.fwd(i, mu)];
-        }
-        let p2 = p * p;
-        s += -2.0 * p * hop + mass * p2 + lam * p2 * p2;
-    }
-    s
-}
-
 /// Sites of phi^4 split by colour (checkerboard) for parallel local updates.
 ///
 /// On a lattice with all extents even, sites of parity c are copied into `fields[c]`
@@ -159,11 +145,9 @@ pub fn phi4_action(lattice: &Lattice, m2: f64, lam: f64, phi: &[f64]) -> f64 {
 /// -th site of colour c at x1 = o + 2 j, o = (x0 + c) mod 2, its neighbours in the other colour
 /// are j in rows x0 +- 1, and j and j - 1 (o = 0) or j + 1 (o = 1) in row x0.
 /// On any other lattice the lattice is not bipartite and the sweep is sequential in site order.
-#[derive(Clone, Debug)]
 pub struct Checkerboard {
-    lattice: Lattice,
-    m2: f64,
-    lam: f64,
+    /// The target: lattice, couplings, local and full action.
+    target: Phi4,
     /// 2d: neighbours per site.
     n_nb: usize,
     bipartite: bool,
@@ -192,11 +176,12 @@ pub struct SweepResult {
 const BLOCK_SITES: usize = 2048;
 
 impl Checkerboard {
-    /// Splits `lattice` into colours for the action with couplings `m2`, `lam`.
-    pub fn new(lattice: Lattice, m2: f64, lam: f64) -> Self {
+    /// Splits the lattice of `target` into colours.
+    pub fn new(target: Phi4) -> Self {
+        let lattice = target.lattice();
         let d = lattice.ndim();
         let n_nb = 2 * d;
-        let bipartite = lattice.shape().iter().all(|l| l % 2 == 0);
+        let bipartite = lattice.shape().iter().all(|l| l.is_multiple_of(2));
         let mut sites: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
         let mut neighbours: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
         if bipartite {
@@ -219,9 +204,7 @@ impl Checkerboard {
         }
         let fields = [vec![0.0; sites[0].len()], vec![0.0; sites[1].len()]];
         Self {
-            lattice,
-            m2,
-            lam,
+            target,
             n_nb,
             bipartite,
             sites,
@@ -232,28 +215,19 @@ impl Checkerboard {
         }
     }
 
-    /// The lattice.
-    pub fn lattice(&self) -> &Lattice {
-        &self.lattice
-    }
-
-    /// The couplings (m2, lam).
-    pub fn couplings(&self) -> (f64, f64) {
-        (self.m2, self.lam)
-    }
-
-    /// The action of `phi`.
-    pub fn action(&self, phi: &[f64]) -> f64 {
-        phi4_action(&self.lattice, self.m2, self.lam, phi)
+    /// The phi^4 target (lattice and couplings).
+    pub fn target(&self) -> &Phi4 {
+        &self.target
     }
 
     /// One sweep of `hits` Metropolis hits on every site of `phi` (length V) with proposal
     /// half-width `step_size`.
     ///
-    /// The action after the sweep is accumulated during it: the on-site terms
-    /// (2d + m2) phi^2 + lam phi^4 of the even sites after the even half-sweep, and the full site
-    /// action s(phi) = -2 phi N + (2d + m2) phi^2 + lam phi^4 of the odd sites after theirs
-    /// (every bond has exactly one odd end).
+    /// On a bipartite lattice the action after the sweep is accumulated during it: the on-site
+    /// terms (2d + m2) phi^2 + lam phi^4 of the even sites after the even half-sweep, and the
+    /// full local action s(phi) = -2 phi n + (2d + m2) phi^2 + lam phi^4
+    /// ([`Phi4::local_action`]) of the odd sites after theirs (every bond has exactly one odd
+    /// end). Otherwise it is the target's [`Target::action`] after the sweep.
     pub fn sweep(
         &mut self,
         phi: &mut [f64],
@@ -261,28 +235,27 @@ impl Checkerboard {
         step_size: f64,
         hits: usize,
     ) -> SweepResult {
-        let params = SiteParams {
-            mass: 2.0 * self.lattice.ndim() as f64 + self.m2,
-            lam: self.lam,
-            step_size,
-            hits,
-        };
         if !self.bipartite {
-            let accepted = self.sweep_sequential(phi, rng, &params);
+            let params = SiteParams {
+                target: &self.target,
+                step_size,
+                hits,
+            };
+            let accepted = sweep_sequential(phi, rng, &params);
             return SweepResult {
                 accepted,
-                action: self.action(phi),
+                action: self.target.action(phi),
             };
         }
         self.split_colours(phi);
         let mut result = SweepResult::default();
         for c in 0..2 {
             match self.n_nb {
-                2 => self.half_sweep::<2>(c, rng, &params),
-                4 => self.half_sweep_2d(c, rng, &params),
-                6 => self.half_sweep::<6>(c, rng, &params),
-                8 => self.half_sweep::<8>(c, rng, &params),
-                _ => self.half_sweep_dyn(c, rng, &params),
+                2 => self.half_sweep::<2>(c, rng, step_size, hits),
+                4 => self.half_sweep_2d(c, rng, step_size, hits),
+                6 => self.half_sweep::<6>(c, rng, step_size, hits),
+                8 => self.half_sweep::<8>(c, rng, step_size, hits),
+                _ => self.half_sweep_dyn(c, rng, step_size, hits),
             };
             for &(acc, s) in &self.partials {
                 result.accepted += acc;
@@ -298,14 +271,15 @@ impl Checkerboard {
     fn split_colours(&mut self, phi: &[f64]) {
         let [even, odd] = &mut self.fields;
         if self.n_nb == 4 {
-            let (l1, half) = (self.lattice.shape()[1], self.lattice.shape()[1] / 2);
+            let l1 = self.target.lattice().shape()[1];
+            let half = l1 / 2;
             for (x0, ((row, e), o)) in phi
                 .chunks_exact(l1)
                 .zip(even.chunks_exact_mut(half))
                 .zip(odd.chunks_exact_mut(half))
                 .enumerate()
             {
-                let (first, second) = if x0 % 2 == 0 { (e, o) } else { (o, e) };
+                let (first, second) = if x0.is_multiple_of(2) { (e, o) } else { (o, e) };
                 for ((pair, a), b) in row.chunks_exact(2).zip(first).zip(second) {
                     *a = pair[0];
                     *b = pair[1];
@@ -325,14 +299,15 @@ impl Checkerboard {
     fn join_colours(&self, phi: &mut [f64]) {
         let [even, odd] = &self.fields;
         if self.n_nb == 4 {
-            let (l1, half) = (self.lattice.shape()[1], self.lattice.shape()[1] / 2);
+            let l1 = self.target.lattice().shape()[1];
+            let half = l1 / 2;
             for (x0, ((row, e), o)) in phi
                 .chunks_exact_mut(l1)
                 .zip(even.chunks_exact(half))
                 .zip(odd.chunks_exact(half))
                 .enumerate()
             {
-                let (first, second) = if x0 % 2 == 0 { (e, o) } else { (o, e) };
+                let (first, second) = if x0.is_multiple_of(2) { (e, o) } else { (o, e) };
                 for ((pair, a), b) in row.chunks_exact_mut(2).zip(first).zip(second) {
                     pair[0] = *a;
                     pair[1] = *b;
@@ -356,12 +331,17 @@ impl Checkerboard {
 
     /// Updates every site of colour `c` of a 2D lattice by row arithmetic, blocks of whole
     /// rows in parallel; fills `partials`.
-    fn half_sweep_2d(&mut self, c: usize, rng: &mut ChainRng, p: &SiteParams) {
-        let shape = self.lattice.shape();
+    fn half_sweep_2d(&mut self, c: usize, rng: &mut ChainRng, step_size: f64, hits: usize) {
+        let shape = self.target.lattice().shape();
         let (l0, half) = (shape[0], shape[1] / 2);
         let rows_per_block = (BLOCK_SITES / half).max(1);
         let chunk = rows_per_block * half;
         self.draw_seeds(l0.div_ceil(rows_per_block), rng);
+        let p = &SiteParams {
+            target: &self.target,
+            step_size,
+            hits,
+        };
         let [even, odd] = &mut self.fields;
         let (active, other): (&mut [f64], &[f64]) = if c == 0 { (even, odd) } else { (odd, even) };
         let block = |(b, (rows, &seed)): (usize, (&mut [f64], &u64))| {
@@ -373,7 +353,7 @@ impl Checkerboard {
                 let up = &other[((x0 + 1) % l0) * half..][..half];
                 let down = &other[((x0 + l0 - 1) % l0) * half..][..half];
                 let same = &other[x0 * half..][..half];
-                let shift_back = (x0 + c) % 2 == 0;
+                let shift_back = (x0 + c).is_multiple_of(2);
                 for (j, phi) in row.iter_mut().enumerate() {
                     let side = if shift_back {
                         same[if j == 0 { half - 1 } else { j - 1 }]
@@ -403,9 +383,20 @@ impl Checkerboard {
 
     /// Updates every site of colour `c` through the neighbour table, block by block (in
     /// parallel for several blocks); fills `partials`.
-    fn half_sweep<const NB: usize>(&mut self, c: usize, rng: &mut ChainRng, p: &SiteParams) {
+    fn half_sweep<const NB: usize>(
+        &mut self,
+        c: usize,
+        rng: &mut ChainRng,
+        step_size: f64,
+        hits: usize,
+    ) {
         let n = self.fields[c].len();
         self.draw_seeds(n.div_ceil(BLOCK_SITES), rng);
+        let p = &SiteParams {
+            target: &self.target,
+            step_size,
+            hits,
+        };
         let [even, odd] = &mut self.fields;
         let (active, other): (&mut [f64], &[f64]) = if c == 0 { (even, odd) } else { (odd, even) };
         let neighbours = &self.neighbours[c];
@@ -430,10 +421,15 @@ impl Checkerboard {
     }
 
     /// [`Checkerboard::half_sweep`] for dimensions above 4.
-    fn half_sweep_dyn(&mut self, c: usize, rng: &mut ChainRng, p: &SiteParams) {
+    fn half_sweep_dyn(&mut self, c: usize, rng: &mut ChainRng, step_size: f64, hits: usize) {
         let n = self.fields[c].len();
         let n_nb = self.n_nb;
         self.draw_seeds(n.div_ceil(BLOCK_SITES), rng);
+        let p = &SiteParams {
+            target: &self.target,
+            step_size,
+            hits,
+        };
         let [even, odd] = &mut self.fields;
         let (active, other): (&mut [f64], &[f64]) = if c == 0 { (even, odd) } else { (odd, even) };
         active
@@ -453,44 +449,32 @@ impl Checkerboard {
             })
             .collect_into_vec(&mut self.partials);
     }
-
-    /// Sequential sweep in site order (non-bipartite lattices: some extent odd).
-    fn sweep_sequential(&mut self, phi: &mut [f64], rng: &mut ChainRng, p: &SiteParams) -> u64 {
-        let d = self.lattice.ndim();
-        let mut brng = BlockRng::new(rng.next_u64());
-        let mut accepted = 0;
-        for i in 0..phi.len() {
-            let mut n_sum = 0.0;
-            for mu in 0..d {
-                n_sum += phi[self.lattice.fwd(i, mu)] + phi[self.lattice.bwd(i, mu)];
-            }
-            accepted += update_site(&mut phi[i], n_sum, &mut brng, p, 1).0;
-        }
-        accepted
-    }
 }
 
-/// Couplings and proposal of a site update.
-#[derive(Clone, Copy, Debug)]
-struct SiteParams {
-    /// 2d + m2.
-    mass: f64,
-    lam: f64,
+/// Sequential sweep in site order (non-bipartite lattices: some extent odd), with the
+/// target's neighbour sum [`Phi4::neighbour_sum`].
+fn sweep_sequential(phi: &mut [f64], rng: &mut ChainRng, p: &SiteParams) -> u64 {
+    let mut brng = BlockRng::new(rng.next_u64());
+    let mut accepted = 0;
+    for i in 0..phi.len() {
+        let n_sum = p.target.neighbour_sum(phi, i);
+        accepted += update_site(&mut phi[i], n_sum, &mut brng, p, 1).0;
+    }
+    accepted
+}
+
+/// The target (local action) and the proposal of a site update.
+#[derive(Clone, Copy)]
+struct SiteParams<'a> {
+    target: &'a Phi4,
     step_size: f64,
     hits: usize,
 }
 
-/// The part of S that depends on one site: s(phi) = -2 phi N + mass phi^2 + lam phi^4,
-/// N the neighbour sum and mass = 2d + m2.
-#[inline(always)]
-fn site_action(phi: f64, n_sum: f64, p: &SiteParams) -> f64 {
-    let phi2 = phi * phi;
-    -2.0 * phi * n_sum + p.mass * phi2 + p.lam * phi2 * phi2
-}
-
 /// `hits` Metropolis hits on one site of colour `c` with neighbour sum `n_sum`, with
-/// dS = s(phi') - s(phi) ([`site_action`]). Returns the accepted hits and the site's share of
-/// the action after the update: the on-site terms for c = 0, the full s(phi) for c = 1.
+/// dS = s(phi') - s(phi) for the target's local action s ([`Phi4::local_action`]). Returns the
+/// accepted hits and the site's share of the action after the update: the on-site terms
+/// s(phi) + 2 phi n for c = 0, the full s(phi) for c = 1.
 #[inline(always)]
 fn update_site(
     phi: &mut f64,
@@ -501,10 +485,10 @@ fn update_site(
 ) -> (u64, f64) {
     let mut acc = 0;
     let mut old = *phi;
-    let mut s_old = site_action(old, n_sum, p);
+    let mut s_old = p.target.local_action(old, n_sum);
     for _ in 0..p.hits {
         let new = old + p.step_size * rng.symmetric();
-        let s_new = site_action(new, n_sum, p);
+        let s_new = p.target.local_action(new, n_sum);
         if metropolis_accept(s_new - s_old, rng) {
             old = new;
             s_old = s_new;
@@ -547,18 +531,17 @@ fn update_block<const NB: usize>(
 }
 
 /// Checkerboard Metropolis for phi^4; one step is one sweep over all sites.
-#[derive(Clone, Debug)]
 pub struct Phi4Metropolis {
     board: Checkerboard,
     config: MetropolisConfig,
 }
 
 impl Phi4Metropolis {
-    /// Sampler for phi^4 with couplings `m2`, `lam` on `lattice`.
-    pub fn new(lattice: Lattice, m2: f64, lam: f64, config: &MetropolisConfig) -> Result<Self> {
+    /// Sampler for the phi^4 `target` (its lattice, couplings and local action).
+    pub fn new(target: Phi4, config: &MetropolisConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
-            board: Checkerboard::new(lattice, m2, lam),
+            board: Checkerboard::new(target),
             config: config.clone(),
         })
     }
@@ -580,122 +563,25 @@ impl Sampler for Phi4Metropolis {
     }
 }
 
-/// Geometry and local actions of 2D U(1) links, layout `[2, L0, L1]` (direction slowest).
-///
-/// Link theta_mu(x) sits at `mu * V + x0 * L1 + x1`; the plaquette is
-/// theta_P(x) = theta_0(x) + theta_1(x+0) - theta_0(x+1) - theta_1(x), S = -beta sum_P cos theta_P.
-#[derive(Clone, Debug)]
-pub struct U1Lattice {
-    l0: usize,
-    l1: usize,
-    beta: f64,
-}
-
-impl U1Lattice {
-    /// Lattice `[L0, L1]` at coupling `beta`.
-    pub fn new(shape: &[i64], beta: f64) -> Result<Self> {
-        if shape.len() != 2 || shape.iter().any(|&l| l < 2) {
-            return Err(McmcError::InvalidParameter {
-                name: "shape",
-                value: format!("{shape:?}"),
-                fix: "U(1) gauge theory needs a 2D lattice shape = [L0, L1] with L >= 2",
-            });
-        }
-        Ok(Self {
-            l0: shape[0] as usize,
-            l1: shape[1] as usize,
-            beta,
-        })
-    }
-
-    /// Number of sites V = L0 L1 (and of plaquettes); there are 2V links.
-    pub fn volume(&self) -> usize {
-        self.l0 * self.l1
-    }
-
-    /// Coupling beta.
-    pub fn beta(&self) -> f64 {
-        self.beta
-    }
-
-    /// Index of link theta_mu(x0, x1) (coordinates taken modulo the extents).
-    #[inline]
-    pub fn link(&self, mu: usize, x0: usize, x1: usize) -> usize {
-        mu * self.volume() + (x0 % self.l0) * self.l1 + x1 % self.l1
-    }
-
-    /// theta_P(x) of the plaquette at (x0, x1).
-    #[inline]
-    pub fn plaquette_angle(&self, theta: &[f64], x0: usize, x1: usize) -> f64 {
-        theta[self.link(0, x0, x1)] + theta[self.link(1, x0 + 1, x1)]
-            - theta[self.link(0, x0, x1 + 1)]
-            - theta[self.link(1, x0, x1)]
-    }
-
-    /// The Wilson action -beta sum_P cos theta_P.
-    pub fn action(&self, theta: &[f64]) -> f64 {
-        let mut s = 0.0;
-        for x0 in 0..self.l0 {
-            for x1 in 0..self.l1 {
-                s += self.plaquette_angle(theta, x0, x1).cos();
-            }
-        }
-        -self.beta * s
-    }
-
-    /// Staple sum of link `l`: `(k cos alpha, k sin alpha)` such that the two plaquettes
-    /// containing theta_l contribute cos(theta_l - b_1) + cos(theta_l - b_2) = k cos(theta_l - alpha),
-    /// i.e. the local action is -beta k cos(theta_l - alpha).
-    ///
-    /// For theta_0(x): b_1 = theta_0(x+1) + theta_1(x) - theta_1(x+0) (from P(x)),
-    /// b_2 = theta_0(x-1) + theta_1(x-1+0) - theta_1(x-1) (from P(x-1)).
-    /// For theta_1(x): b_1 = theta_0(x) + theta_1(x+0) - theta_0(x+1) (from P(x)),
-    /// b_2 = theta_1(x-0) + theta_0(x-0+1) - theta_0(x-0) (from P(x-0)).
-    #[inline]
-    pub fn staple(&self, theta: &[f64], l: usize) -> (f64, f64) {
-        let v = self.volume();
-        let mu = l / v;
-        let (x0, x1) = ((l % v) / self.l1, l % self.l1);
-        let (l0, l1) = (self.l0, self.l1);
-        let t = |nu: usize, y0: usize, y1: usize| theta[self.link(nu, y0, y1)];
-        let (b1, b2) = if mu == 0 {
-            let xm = x1 + l1 - 1;
-            (
-                t(0, x0, x1 + 1) + t(1, x0, x1) - t(1, x0 + 1, x1),
-                t(0, x0, xm) + t(1, x0 + 1, xm) - t(1, x0, xm),
-            )
-        } else {
-            let xm = x0 + l0 - 1;
-            (
-                t(0, x0, x1) + t(1, x0 + 1, x1) - t(0, x0, x1 + 1),
-                t(1, xm, x1) + t(0, xm, x1 + 1) - t(0, xm, x1),
-            )
-        };
-        let (s1, c1) = b1.sin_cos();
-        let (s2, c2) = b2.sin_cos();
-        (c1 + c2, s1 + s2)
-    }
-}
-
 /// Wraps an angle to [0, 2 pi).
 #[inline]
 pub fn wrap_angle(theta: f64) -> f64 {
     theta.rem_euclid(std::f64::consts::TAU)
 }
 
-/// Link-by-link Metropolis for U(1) (links in storage order), using the staple.
-#[derive(Clone, Debug)]
+/// Link-by-link Metropolis for U(1), links in storage order theta_mu(x) at
+/// [`U1::link_index`]`(mu, x)`, with the target's staple and local action.
 pub struct U1Metropolis {
-    lattice: U1Lattice,
+    target: U1,
     config: MetropolisConfig,
 }
 
 impl U1Metropolis {
-    /// Sampler for U(1) on `lattice`.
-    pub fn new(lattice: U1Lattice, config: &MetropolisConfig) -> Result<Self> {
+    /// Sampler for the U(1) `target`.
+    pub fn new(target: U1, config: &MetropolisConfig) -> Result<Self> {
         config.validate()?;
         Ok(Self {
-            lattice,
+            target,
             config: config.clone(),
         })
     }
@@ -707,32 +593,30 @@ impl Sampler for U1Metropolis {
     }
 
     fn step(&mut self, x: &mut [f64], rng: &mut ChainRng) -> StepStats {
-        let beta = self.lattice.beta;
+        let target = &self.target;
         let mut brng = BlockRng::new(rng.next_u64());
         let mut accepted = 0u64;
-        for l in 0..x.len() {
-            let (kc, ks) = self.lattice.staple(x, l);
-            // local action -beta (kc cos theta + ks sin theta)
-            let local = |th: f64| {
-                let (s, c) = th.sin_cos();
-                -beta * (kc * c + ks * s)
-            };
-            let mut old = x[l];
-            let mut s_old = local(old);
-            for _ in 0..self.config.hits {
-                let new = wrap_angle(old + self.config.step_size * brng.symmetric());
-                let s_new = local(new);
-                if metropolis_accept(s_new - s_old, &mut brng) {
-                    old = new;
-                    s_old = s_new;
-                    accepted += 1;
+        for mu in 0..2 {
+            for site in 0..target.lattice().volume() {
+                let staple = target.staple(x, mu, site);
+                let l = target.link_index(mu, site);
+                let mut old = x[l];
+                let mut s_old = target.local_action(old, staple);
+                for _ in 0..self.config.hits {
+                    let new = wrap_angle(old + self.config.step_size * brng.symmetric());
+                    let s_new = target.local_action(new, staple);
+                    if metropolis_accept(s_new - s_old, &mut brng) {
+                        old = new;
+                        s_old = s_new;
+                        accepted += 1;
+                    }
                 }
+                x[l] = old;
             }
-            x[l] = old;
         }
         StepStats {
             acceptance: accepted as f64 / (x.len() * self.config.hits) as f64,
-            action: self.lattice.action(x),
+            action: target.action(x),
             action_evals: 1.0,
         }
     }
@@ -814,6 +698,8 @@ impl Sampler for ParticleMetropolis {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use boltzflow_targets::phi4::Phi4Spec;
+    use boltzflow_targets::u1::U1Spec;
     use rand::SeedableRng;
 
     fn random_field(n: usize, seed: u64) -> Vec<f64> {
@@ -821,32 +707,57 @@ mod tests {
         (0..n).map(|_| rng.random::<f64>() * 4.0 - 2.0).collect()
     }
 
+    fn phi4(shape: &[i64], m2: f64, lam: f64) -> Phi4 {
+        Phi4::new(&Phi4Spec {
+            shape: shape.to_vec(),
+            m2: Some(m2),
+            lam: Some(lam),
+            kappa: None,
+            lam_h: None,
+        })
+        .unwrap()
+    }
+
+    fn u1(shape: &[i64], beta: f64) -> Result<U1> {
+        Ok(U1::new(&U1Spec {
+            shape: shape.to_vec(),
+            beta,
+        })?)
+    }
+
+    /// One hit of `update_site` changes S by the local-action difference, and its share of
+    /// the action is the on-site terms s(phi, 0) (colour 0) or the full s(phi, n) (colour 1).
     #[test]
     fn site_action_difference_is_full_action_difference() {
         for shape in [vec![4i64, 6], vec![3, 4], vec![2, 2, 4]] {
-            let lattice = Lattice::new(&shape).unwrap();
-            let (m2, lam) = (-1.3, 0.7);
+            let target = phi4(&shape, -1.3, 0.7);
             let p = SiteParams {
-                mass: 2.0 * lattice.ndim() as f64 + m2,
-                lam,
+                target: &target,
                 step_size: 1.0,
                 hits: 1,
             };
-            let mut phi = random_field(lattice.volume(), 1);
-            for i in 0..lattice.volume() {
-                let n_sum: f64 = (0..lattice.ndim())
-                    .map(|mu| phi[lattice.fwd(i, mu)] + phi[lattice.bwd(i, mu)])
-                    .sum();
-                let s0 = phi4_action(&lattice, m2, lam, &phi);
+            let mut rng = BlockRng::new(3);
+            let mut phi = random_field(target.dim(), 1);
+            let mut moved = 0;
+            for i in 0..phi.len() {
+                let n_sum = target.neighbour_sum(&phi, i);
+                let s0 = target.action(&phi);
                 let old = phi[i];
-                phi[i] = old + 0.37;
-                let s1 = phi4_action(&lattice, m2, lam, &phi);
-                let ds = site_action(old + 0.37, n_sum, &p) - site_action(old, n_sum, &p);
+                let c = i % 2;
+                let (acc, share) = update_site(&mut phi[i], n_sum, &mut rng, &p, c);
+                let new = phi[i];
+                moved += acc;
+                assert_eq!(acc == 1, new != old);
+                let s1 = target.action(&phi);
+                let ds = target.local_action(new, n_sum) - target.local_action(old, n_sum);
                 assert!(
                     (s1 - s0 - ds).abs() < 1e-10 * s0.abs().max(1.0),
                     "{shape:?} site {i}"
                 );
+                let expected = target.local_action(new, if c == 0 { 0.0 } else { n_sum });
+                assert!((share - expected).abs() < 1e-12 * expected.abs().max(1.0));
             }
+            assert!(moved > 0, "{shape:?}: no hit accepted");
         }
     }
 
@@ -856,12 +767,11 @@ mod tests {
             .build()
             .unwrap();
         pool.install(|| {
-            let lattice = Lattice::new(&[128, 96]).unwrap();
             let config = MetropolisConfig {
                 step_size: 1.0,
                 hits: 2,
             };
-            let mut sampler = Phi4Metropolis::new(lattice, -4.0, 8.0, &config).unwrap();
+            let mut sampler = Phi4Metropolis::new(phi4(&[128, 96], -4.0, 8.0), &config).unwrap();
             let mut phi = random_field(128 * 96, 2);
             let mut rng = crate::chain_rng(7, 1);
             for _ in 0..sweeps {
@@ -887,9 +797,8 @@ mod tests {
     #[test]
     fn same_seed_same_chain() {
         let run = |seed: u64| {
-            let lattice = Lattice::new(&[8, 8]).unwrap();
             let mut sampler =
-                Phi4Metropolis::new(lattice, 1.0, 0.0, &MetropolisConfig::default()).unwrap();
+                Phi4Metropolis::new(phi4(&[8, 8], 1.0, 0.0), &MetropolisConfig::default()).unwrap();
             let mut phi = vec![0.0; 64];
             let mut rng = crate::chain_rng(seed, 0);
             let actions: Vec<f64> = (0..20)
@@ -904,17 +813,26 @@ mod tests {
     #[test]
     fn step_reports_the_action_after_the_sweep() {
         // 2D row arithmetic, 1D/3D neighbour tables, and the sequential sweep (odd extent)
-        for shape in [vec![6i64, 6], vec![4], vec![4, 2, 6], vec![5, 4]] {
-            let lattice = Lattice::new(&shape).unwrap();
-            let check = lattice.clone();
-            let v = lattice.volume();
-            let config = MetropolisConfig { step_size: 0.5, hits: 3 };
-            let mut sampler = Phi4Metropolis::new(lattice, -4.0, 8.0, &config).unwrap();
+        for shape in [
+            vec![6i64, 6],
+            vec![4, 2],
+            vec![2, 6],
+            vec![4],
+            vec![4, 2, 6],
+            vec![5, 4],
+        ] {
+            let check = phi4(&shape, -4.0, 8.0);
+            let v = check.dim();
+            let config = MetropolisConfig {
+                step_size: 0.5,
+                hits: 3,
+            };
+            let mut sampler = Phi4Metropolis::new(phi4(&shape, -4.0, 8.0), &config).unwrap();
             let mut phi = random_field(v, 5);
             let mut rng = crate::chain_rng(1, 0);
             for _ in 0..3 {
                 let stats = sampler.step(&mut phi, &mut rng);
-                let exact = phi4_action(&check, -4.0, 8.0, &phi);
+                let exact = check.action(&phi);
                 assert!(
                     (stats.action - exact).abs() < 1e-12 * exact.abs().max(1.0),
                     "{shape:?}: {} vs {exact}",
@@ -925,17 +843,22 @@ mod tests {
         }
     }
 
+    /// Links visited in storage order l = mu V + x: the target's staple and local action give
+    /// the action change of each link.
     #[test]
     fn staple_gives_the_local_action() {
-        let lattice = U1Lattice::new(&[4, 6], 1.7).unwrap();
+        let target = u1(&[4, 6], 1.7).unwrap();
+        let v = target.lattice().volume();
         let mut theta: Vec<f64> = random_field(48, 9).iter().map(|t| t * 3.0).collect();
         for l in 0..theta.len() {
-            let (kc, ks) = lattice.staple(&theta, l);
-            let local = |t: f64| -lattice.beta() * (kc * t.cos() + ks * t.sin());
-            let s0 = lattice.action(&theta);
+            let (mu, site) = (l / v, l % v);
+            assert_eq!(target.link_index(mu, site), l);
+            let staple = target.staple(&theta, mu, site);
+            let local = |t: f64| target.local_action(t, staple);
+            let s0 = target.action(&theta);
             let old = theta[l];
             theta[l] = old - 1.1;
-            let s1 = lattice.action(&theta);
+            let s1 = target.action(&theta);
             assert!(
                 (s1 - s0 - (local(old - 1.1) - local(old))).abs() < 1e-10,
                 "link {l}"
@@ -961,6 +884,6 @@ mod tests {
                 .to_string()
                 .contains("metropolis.hits")
         );
-        assert!(U1Lattice::new(&[4, 4, 4], 1.0).is_err());
+        assert!(u1(&[4, 4, 4], 1.0).is_err());
     }
 }

@@ -12,7 +12,8 @@
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
-use boltzflow_targets::geometry::Lattice;
+use boltzflow_targets::Target;
+use boltzflow_targets::phi4::Phi4;
 
 use crate::local::{Checkerboard, MetropolisConfig};
 use crate::{ChainRng, McmcError, Result, Sampler, StepStats};
@@ -51,7 +52,6 @@ impl WolffConfig {
 }
 
 /// Wolff cluster sampler for phi^4; the cluster stack is kept between steps.
-#[derive(Clone, Debug)]
 pub struct Wolff {
     board: Checkerboard,
     config: WolffConfig,
@@ -61,19 +61,13 @@ pub struct Wolff {
 }
 
 impl Wolff {
-    /// Sampler for phi^4 with couplings `m2`, `lam` on `lattice`; the sweeps use `metropolis`.
-    pub fn new(
-        lattice: Lattice,
-        m2: f64,
-        lam: f64,
-        config: &WolffConfig,
-        metropolis: &MetropolisConfig,
-    ) -> Result<Self> {
+    /// Sampler for the phi^4 `target`; the sweeps use `metropolis`.
+    pub fn new(target: Phi4, config: &WolffConfig, metropolis: &MetropolisConfig) -> Result<Self> {
         config.validate()?;
         metropolis.validate()?;
-        let volume = lattice.volume();
+        let volume = target.lattice().volume();
         Ok(Self {
-            board: Checkerboard::new(lattice, m2, lam),
+            board: Checkerboard::new(target),
             config: config.clone(),
             metropolis: metropolis.clone(),
             stack: Vec::with_capacity(volume),
@@ -86,7 +80,7 @@ impl Wolff {
     /// -phi(x) after the flip) can join only if -phi(x) phi(y) > 0: sites already in the
     /// cluster have the opposite sign and are never tested twice; no visited mask is needed.
     pub fn flip_cluster(&mut self, phi: &mut [f64], rng: &mut ChainRng) -> usize {
-        let lattice = self.board.lattice();
+        let lattice = self.board.target().lattice();
         let d = lattice.ndim();
         let seed = rng.random_range(0..phi.len());
         self.stack.clear();
@@ -130,8 +124,77 @@ impl Sampler for Wolff {
         }
         StepStats {
             acceptance: sizes as f64 / (self.config.clusters * x.len()) as f64,
-            action: action.unwrap_or_else(|| self.board.action(x)),
+            action: action.unwrap_or_else(|| self.board.target().action(x)),
             action_evals: (sizes as f64 / x.len() as f64) + self.config.metropolis_sweeps as f64,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wolff(shape: &[i64]) -> Wolff {
+        let target = Phi4::new(&boltzflow_targets::phi4::Phi4Spec {
+            shape: shape.to_vec(),
+            m2: Some(-4.0),
+            lam: Some(8.0),
+            kappa: None,
+            lam_h: None,
+        })
+        .unwrap();
+        Wolff::new(
+            target,
+            &WolffConfig::default(),
+            &MetropolisConfig::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn clusters_only_flip_signs() {
+        let mut w = wolff(&[8, 8]);
+        let mut rng = crate::chain_rng(2, 0);
+        let mut phi: Vec<f64> = (0..64)
+            .map(|i| ((i * 37 % 11) as f64 - 5.0) * 0.3 + 0.05)
+            .collect();
+        let before = phi.clone();
+        let mut flipped_total = 0;
+        for _ in 0..20 {
+            let size = w.flip_cluster(&mut phi, &mut rng);
+            assert!((1..=64).contains(&size));
+            flipped_total += size;
+        }
+        assert!(phi.iter().zip(&before).all(|(a, b)| a.abs() == b.abs()));
+        assert!(flipped_total > 20, "clusters never grew");
+    }
+
+    #[test]
+    fn strong_bonds_flip_everything_and_weak_bonds_one_site() {
+        let mut w = wolff(&[6, 4]);
+        let mut rng = crate::chain_rng(3, 0);
+        // p = 1 - exp(-4 * 100) = 1 on every bond
+        let mut phi = vec![10.0; 24];
+        assert_eq!(w.flip_cluster(&mut phi, &mut rng), 24);
+        assert!(phi.iter().all(|&p| p == -10.0));
+        // alternating signs: no bond has phi(x) phi(y) > 0
+        let mut phi: Vec<f64> = (0..24)
+            .map(|i| if (i / 4 + i % 4) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        assert_eq!(w.flip_cluster(&mut phi, &mut rng), 1);
+    }
+
+    #[test]
+    fn same_seed_same_chain() {
+        let run = || {
+            let mut w = wolff(&[8, 8]);
+            let mut rng = crate::chain_rng(4, 0);
+            let mut phi = vec![0.5; 64];
+            let stats: Vec<f64> = (0..10)
+                .map(|_| w.step(&mut phi, &mut rng).acceptance)
+                .collect();
+            (phi, stats)
+        };
+        assert_eq!(run(), run());
     }
 }

@@ -61,6 +61,7 @@ mod error;
 mod hyperslab;
 mod reader;
 mod schema;
+mod swmr;
 mod writer;
 
 pub use error::{Result, StoreError};

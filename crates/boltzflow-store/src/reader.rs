@@ -8,7 +8,7 @@ use hdf5::{Dataset, File, MinorErrorCode};
 
 use crate::error::{Hdf5Context, Result, StoreError};
 use crate::schema::{self, CONFIGS, SERIES, VECTORS};
-use crate::{Checkpoint, RunMeta, hyperslab};
+use crate::{Checkpoint, RunMeta, hyperslab, swmr};
 
 /// The 8-byte HDF5 format signature.
 const HDF5_SIGNATURE: [u8; 8] = [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
@@ -34,7 +34,7 @@ impl EnsembleReader {
     /// that is not a boltzflow ensemble, and another format version.
     pub fn open(path: &Path) -> Result<Self> {
         check_openable(path)?;
-        let file = File::open(path).map_err(|err| open_error(path, err))?;
+        let file = swmr::open_for_reading(path).map_err(|err| open_error(path, err))?;
         let meta = schema::read_meta(&file, path)?;
         let live = schema::read_live(&file, path)?;
         let draws = live.draws as usize;

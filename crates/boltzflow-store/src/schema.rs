@@ -8,7 +8,7 @@ use hdf5::types::VarLenUnicode;
 use hdf5::{Dataset, File, Group, Location};
 
 use crate::error::{Hdf5Context, Result, StoreError};
-use crate::{ChainCheckpoint, Checkpoint, FORMAT, FORMAT_VERSION, RunMeta};
+use crate::{ChainCheckpoint, Checkpoint, FORMAT, FORMAT_VERSION, RunMeta, hyperslab};
 
 pub(crate) const META: &str = "meta";
 pub(crate) const CONFIGS: &str = "configs";
@@ -125,7 +125,19 @@ pub(crate) struct LiveCheckpoint {
     pub(crate) draws: u64,
 }
 
-/// Reads `/checkpoint`'s generation and the live slot's stamp.
+/// Reads the `[generation, draws]` pair of a `committed` or `stamp` dataset.
+fn read_pair(group: &Group, name: &str, path: &Path) -> Result<[u64; 2]> {
+    let values = group.dataset(name).and_then(|d| d.read_raw::<u64>()).map_err(|_| StoreError::Damaged {
+        path: path.to_path_buf(),
+        what: format!("{}/{name} is missing or unreadable", group.name()),
+    })?;
+    <[u64; 2]>::try_from(values.as_slice()).map_err(|_| StoreError::Damaged {
+        path: path.to_path_buf(),
+        what: format!("{}/{name} does not hold [generation, draws]", group.name()),
+    })
+}
+
+/// Reads `/checkpoint/committed` and checks the live slot's stamp against it.
 pub(crate) fn read_live(file: &File, path: &Path) -> Result<LiveCheckpoint> {
     let damaged = |what: String| StoreError::Damaged {
         path: path.to_path_buf(),
@@ -134,19 +146,17 @@ pub(crate) fn read_live(file: &File, path: &Path) -> Result<LiveCheckpoint> {
     let group = file
         .group(CHECKPOINT)
         .map_err(|_| damaged("no /checkpoint group".into()))?;
-    let read = |loc: &Location, name: &str, what: &str| {
-        read_u64_attr(loc, name).map_err(|_| damaged(format!("{what} has no `{name}` attribute")))
-    };
-    let generation = read(&group, "generation", "/checkpoint")?;
-    let chains = read(&group, "chains", "/checkpoint")? as usize;
+    let chains = read_u64_attr(&group, "chains")
+        .map_err(|_| damaged("/checkpoint has no `chains` attribute".into()))? as usize;
+    let [generation, draws] = read_pair(&group, "committed", path)?;
     let slot = live_slot(&group, generation, path)?;
-    let stamp = read(&slot, "generation", "the live checkpoint slot")?;
-    if stamp != generation {
+    let stamp = read_pair(&slot, "stamp", path)?;
+    if stamp != [generation, draws] {
         return Err(damaged(format!(
-            "live checkpoint slot is stamped generation {stamp}, expected {generation}"
+            "live checkpoint slot is stamped {stamp:?}, /checkpoint/committed is {:?}",
+            [generation, draws]
         )));
     }
-    let draws = read(&slot, "draws", "the live checkpoint slot")?;
     Ok(LiveCheckpoint {
         generation,
         chains,
@@ -163,31 +173,22 @@ pub(crate) fn live_slot(checkpoint: &Group, generation: u64, path: &Path) -> Res
     })
 }
 
-/// Reads the state of every chain from the live slot.
+/// Reads the state of every chain from the live slot (none before the first commit).
 pub(crate) fn read_checkpoint(file: &File, path: &Path) -> Result<Checkpoint> {
     let live = read_live(file, path)?;
-    let group = file
-        .group(CHECKPOINT)
-        .context(path, "opening /checkpoint")?;
-    let slot = live_slot(&group, live.generation, path)?;
-    if !slot.link_exists("x") {
+    if live.generation == 0 {
         return Ok(Checkpoint {
             draws: live.draws,
             chains: Vec::new(),
         });
     }
+    let group = file.group(CHECKPOINT).context(path, "opening /checkpoint")?;
+    let slot = live_slot(&group, live.generation, path)?;
     let x_set = slot.dataset("x").context(path, "opening checkpoint x")?;
-    let shape = x_set.shape();
-    if shape.len() != 2 || shape[0] != live.chains {
-        return Err(StoreError::Damaged {
-            path: path.to_path_buf(),
-            what: format!("checkpoint x has shape {shape:?}, expected ({}, dim)", live.chains),
-        });
-    }
-    let x = x_set.read_raw::<f64>().context(path, "reading checkpoint x")?;
+    let dim = x_set.shape()[1];
+    let x: Vec<f64> = hyperslab::read_draws(&x_set, 0..dim).context(path, "reading checkpoint x")?;
     let rng = read_texts(&slot, "rng", live.chains, path)?;
     let sampler = read_texts(&slot, "sampler", live.chains, path)?;
-    let dim = shape[1];
     let chains = (0..live.chains)
         .map(|c| ChainCheckpoint {
             x: x[c * dim..(c + 1) * dim].to_vec(),
@@ -201,18 +202,32 @@ pub(crate) fn read_checkpoint(file: &File, path: &Path) -> Result<Checkpoint> {
     })
 }
 
+/// Reads the per-chain UTF-8 texts stored as bytes `<name>` (chain, capacity) with lengths
+/// `<name>_len` (chain,).
 fn read_texts(slot: &Group, name: &str, chains: usize, path: &Path) -> Result<Vec<String>> {
-    let texts = slot
-        .dataset(name)
-        .and_then(|d| d.read_raw::<VarLenUnicode>())
-        .context(path, &format!("reading checkpoint {name}"))?;
-    if texts.len() != chains {
+    let action = format!("reading checkpoint {name}");
+    let lens = slot
+        .dataset(&format!("{name}_len"))
+        .and_then(|d| d.read_raw::<u64>())
+        .context(path, &action)?;
+    let set = slot.dataset(name).context(path, &action)?;
+    let capacity = set.shape()[1];
+    let bytes: Vec<u8> = hyperslab::read_draws(&set, 0..capacity).context(path, &action)?;
+    if lens.len() != chains || lens.iter().any(|&n| n as usize > capacity) {
         return Err(StoreError::Damaged {
             path: path.to_path_buf(),
-            what: format!("checkpoint {name} has {} entries, expected {chains}", texts.len()),
+            what: format!("checkpoint {name} lengths do not fit its {chains} x {capacity} bytes"),
         });
     }
-    Ok(texts.iter().map(|t| t.as_str().to_string()).collect())
+    (0..chains)
+        .map(|c| {
+            let text = &bytes[c * capacity..c * capacity + lens[c] as usize];
+            String::from_utf8(text.to_vec()).map_err(|_| StoreError::Damaged {
+                path: path.to_path_buf(),
+                what: format!("checkpoint {name} of chain {c} is not UTF-8"),
+            })
+        })
+        .collect()
 }
 
 /// Opens the draw-indexed datasets of a group (`/series` or `/vectors`), sorted by name.

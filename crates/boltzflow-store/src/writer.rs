@@ -2,12 +2,11 @@
 
 use std::path::{Path, PathBuf};
 
-use hdf5::types::VarLenUnicode;
 use hdf5::{Dataset, Extent, File, Group};
 
 use crate::error::{Hdf5Context, Result, StoreError};
 use crate::schema::{self, CHECKPOINT, CONFIGS, META, SERIES, VECTORS};
-use crate::{Block, Checkpoint, FORMAT, FORMAT_VERSION, Layout, RunMeta, fnv1a_hex, hyperslab};
+use crate::{Block, Checkpoint, FORMAT, FORMAT_VERSION, Layout, RunMeta, fnv1a_hex, hyperslab, swmr};
 
 /// Largest chunk the writer aims for, in bytes (HDF5 advises chunks of at most a few MiB).
 const CHUNK_BYTES: usize = 1 << 20;
@@ -31,6 +30,8 @@ pub struct EnsembleWriter {
     /// Vector datasets in layout order, with their lengths.
     vectors: Vec<(String, usize, Dataset)>,
     checkpoint: Group,
+    /// `/checkpoint/committed`: `[generation, draws]`, the switch of the live slot.
+    committed: Dataset,
 }
 
 impl EnsembleWriter {
@@ -49,32 +50,12 @@ impl EnsembleWriter {
         let mut partial = path.as_os_str().to_owned();
         partial.push(".partial");
         let partial = PathBuf::from(partial);
-        let file = File::create(&partial).context(path, "creating the file")?;
+        let file = swmr::create(&partial).context(path, "creating the file")?;
         write_meta(&file, meta, path)?;
         create_datasets(&file, layout, path)?;
-
-        let checkpoint = file
-            .create_group(CHECKPOINT)
-            .context(path, "creating /checkpoint")?;
-        for generation in 0..2 {
-            let slot = checkpoint
-                .create_group(&schema::slot_name(generation))
-                .context(path, "creating a checkpoint slot")?;
-            for name in ["rng", "sampler"] {
-                slot.new_dataset::<VarLenUnicode>()
-                    .shape(layout.chains)
-                    .create(name)
-                    .context(path, "creating checkpoint strings")?;
-            }
-            schema::write_u64_attr(&slot, "generation", generation)
-                .and_then(|_| schema::write_u64_attr(&slot, "draws", 0))
-                .context(path, "stamping a checkpoint slot")?;
-        }
-        schema::write_u64_attr(&checkpoint, "chains", layout.chains as u64)
-            .and_then(|_| schema::write_u64_attr(&checkpoint, "generation", 0))
-            .and_then(|_| schema::write_u64_attr(&checkpoint, "draws", 0))
-            .context(path, "writing /checkpoint")?;
+        create_checkpoint(&file, layout, path)?;
         file.flush().context(path, "flushing the new file")?;
+        swmr::start_writing(&file).context(path, "starting SWMR writing")?;
         std::fs::rename(&partial, path).map_err(|source| StoreError::Io {
             path: path.to_path_buf(),
             source,
@@ -91,7 +72,7 @@ impl EnsembleWriter {
     pub fn resume(path: &Path, config_toml: &str, layout: &Layout) -> Result<(Self, Checkpoint)> {
         check_layout(layout)?;
         crate::reader::check_openable(path)?;
-        let file = File::open_rw(path).map_err(|err| crate::reader::open_error(path, err))?;
+        let file = swmr::reopen_for_writing(path).context(path, "reopening the file to resume")?;
         schema::read_meta(&file, path)?;
         let meta = file.group(META).context(path, "opening /meta")?;
         let found = schema::read_text_attr(&meta, "config_hash").context(path, "reading config_hash")?;
@@ -114,6 +95,7 @@ impl EnsembleWriter {
         let draws = live.draws as usize;
         let writer = Self::attach(path, file, layout, draws, live.generation)?;
         writer.truncate()?;
+        swmr::start_writing(&writer.file).context(path, "starting SWMR writing")?;
         Ok((writer, checkpoint))
     }
 
@@ -145,8 +127,8 @@ impl EnsembleWriter {
         self.file.flush().context(&path, "flushing the block")?;
 
         // 2. switch the live checkpoint; flush.
-        schema::write_u64_attr(&self.checkpoint, "draws", new as u64)
-            .and_then(|_| schema::write_u64_attr(&self.checkpoint, "generation", generation))
+        self.committed
+            .write_raw(&[generation, new as u64])
             .context(&path, "publishing the checkpoint")?;
         self.file.flush().context(&path, "flushing the checkpoint")?;
         self.draws = new;
@@ -220,6 +202,7 @@ impl EnsembleWriter {
             })
             .collect();
         let checkpoint = file.group(CHECKPOINT).context(path, "opening /checkpoint")?;
+        let committed = checkpoint.dataset("committed").context(path, "opening /checkpoint/committed")?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -230,6 +213,7 @@ impl EnsembleWriter {
             series,
             vectors,
             checkpoint,
+            committed,
         })
     }
 
@@ -262,12 +246,10 @@ impl EnsembleWriter {
                 set.resize(shape).context(&self.path, "truncating uncommitted draws")?;
             }
         }
-        schema::write_u64_attr(&self.checkpoint, "draws", self.draws as u64)
-            .context(&self.path, "writing /checkpoint draws")?;
         self.file.flush().context(&self.path, "flushing the truncated file")
     }
 
-    /// Writes `checkpoint` into slot `generation % 2` and stamps it with `generation`.
+    /// Writes `checkpoint` into slot `generation % 2` and stamps it `[generation, draws]`.
     fn write_slot(&self, generation: u64, checkpoint: &Checkpoint) -> Result<()> {
         let path = &self.path;
         let slot = self
@@ -276,31 +258,16 @@ impl EnsembleWriter {
             .context(path, "opening a checkpoint slot")?;
         let chains = self.layout.chains;
         let dim = checkpoint.chains[0].x.len();
-        if slot.link_exists("x") && slot.dataset("x").context(path, "opening checkpoint x")?.shape() != [chains, dim] {
-            slot.unlink("x").context(path, "replacing checkpoint x")?;
+        let x_set = slot.dataset("x").context(path, "opening checkpoint x")?;
+        if x_set.shape() != [chains, dim] {
+            x_set.resize([chains, dim]).context(path, "resizing checkpoint x")?;
         }
-        let x_set = if slot.link_exists("x") {
-            slot.dataset("x").context(path, "opening checkpoint x")?
-        } else {
-            slot.new_dataset::<f64>()
-                .shape([chains, dim])
-                .create("x")
-                .context(path, "creating checkpoint x")?
-        };
         let x: Vec<f64> = checkpoint.chains.iter().flat_map(|c| c.x.iter().copied()).collect();
-        x_set.write_raw(&x).context(path, "writing checkpoint x")?;
-        for (name, text) in [("rng", 0), ("sampler", 1)] {
-            let texts = checkpoint
-                .chains
-                .iter()
-                .map(|c| schema::to_h5_text(&format!("checkpoint {name}"), if text == 0 { &c.rng } else { &c.sampler }))
-                .collect::<Result<Vec<_>>>()?;
-            slot.dataset(name)
-                .and_then(|set| set.write_raw(&texts))
-                .context(path, &format!("writing checkpoint {name}"))?;
-        }
-        schema::write_u64_attr(&slot, "draws", checkpoint.draws)
-            .and_then(|_| schema::write_u64_attr(&slot, "generation", generation))
+        hyperslab::write_draws(&x_set, 0..dim, &x).context(path, "writing checkpoint x")?;
+        write_texts(&slot, "rng", checkpoint.chains.iter().map(|c| c.rng.as_str()), path)?;
+        write_texts(&slot, "sampler", checkpoint.chains.iter().map(|c| c.sampler.as_str()), path)?;
+        slot.dataset("stamp")
+            .and_then(|set| set.write_raw(&[generation, checkpoint.draws]))
             .context(path, "stamping the checkpoint slot")
     }
 
@@ -379,6 +346,77 @@ fn append(set: &Dataset, draws: std::ops::Range<usize>, values: &[f64], path: &P
     shape[1] = draws.end;
     set.resize(shape).context(path, "growing a dataset")?;
     hyperslab::write_draws(set, draws, values).context(path, &format!("writing {}", set.name()))
+}
+
+/// Writes one UTF-8 text per chain as bytes into `<name>` (chain, capacity), growing the
+/// capacity when needed, and the byte lengths into `<name>_len` (chain,).
+fn write_texts<'a>(slot: &Group, name: &str, texts: impl Iterator<Item = &'a str>, path: &Path) -> Result<()> {
+    let action = format!("writing checkpoint {name}");
+    let texts: Vec<&str> = texts.collect();
+    let set = slot.dataset(name).context(path, &action)?;
+    let mut shape = set.shape();
+    let longest = texts.iter().map(|t| t.len()).max().unwrap_or(0);
+    if longest > shape[1] {
+        shape[1] = longest.next_power_of_two();
+        set.resize(shape.clone()).context(path, &action)?;
+    }
+    let capacity = shape[1];
+    let mut bytes = vec![0u8; texts.len() * capacity];
+    for (c, text) in texts.iter().enumerate() {
+        bytes[c * capacity..c * capacity + text.len()].copy_from_slice(text.as_bytes());
+    }
+    hyperslab::write_draws(&set, 0..capacity, &bytes).context(path, &action)?;
+    let lens: Vec<u64> = texts.iter().map(|t| t.len() as u64).collect();
+    slot.dataset(&format!("{name}_len"))
+        .and_then(|set| set.write_raw(&lens))
+        .context(path, &action)
+}
+
+/// Creates `/checkpoint` with `committed = [0, 0]` and two empty slots. Every dataset a commit
+/// writes exists from the start (SWMR allows no new objects later).
+fn create_checkpoint(file: &File, layout: &Layout, path: &Path) -> Result<()> {
+    let action = "creating /checkpoint";
+    let chains = layout.chains;
+    let checkpoint = file.create_group(CHECKPOINT).context(path, action)?;
+    schema::write_u64_attr(&checkpoint, "chains", chains as u64).context(path, action)?;
+    create_pair(&checkpoint, "committed", path)?;
+    let dim_hint = layout.config_shape.as_ref().map_or(1024, |s| s.iter().product());
+    for generation in 0..2 {
+        let slot = checkpoint
+            .create_group(&schema::slot_name(generation))
+            .context(path, action)?;
+        create_pair(&slot, "stamp", path)?;
+        slot.new_dataset::<f64>()
+            .chunk([1, dim_hint.clamp(1, CHUNK_BYTES / 8)])
+            .shape([Extent::fixed(chains), Extent::resizable(0)])
+            .create("x")
+            .context(path, action)?;
+        for name in ["rng", "sampler"] {
+            slot.new_dataset::<u8>()
+                .chunk([1, 256])
+                .shape([Extent::fixed(chains), Extent::resizable(0)])
+                .create(name)
+                .context(path, action)?;
+            slot.new_dataset::<u64>()
+                .chunk([chains])
+                .shape([chains])
+                .create(format!("{name}_len").as_str())
+                .context(path, action)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a compact u64 dataset `[generation, draws] = [0, 0]`: stored inside its object
+/// header, so one metadata write updates both numbers together.
+fn create_pair(group: &Group, name: &str, path: &Path) -> Result<()> {
+    group
+        .new_dataset::<u64>()
+        .layout(hdf5::dataset::Layout::Compact)
+        .shape([2])
+        .create(name)
+        .and_then(|set| set.write_raw(&[0u64, 0]))
+        .context(path, &format!("creating {name}"))
 }
 
 fn check_layout(layout: &Layout) -> Result<()> {

@@ -5,7 +5,8 @@
 //! environment variable `BOLTZFLOW_STORE_CRASH_CHILD`) that commits blocks of random size in a
 //! loop, kills it after a random (seeded) delay, then checks the file. More kills:
 //! `BOLTZFLOW_STORE_CRASH_KILLS=50 cargo test -p boltzflow-store --test crash -- --nocapture`
-//! (add `BOLTZFLOW_STORE_CRASH_H5PY=1` to also run `scripts/check_h5py.py` after every kill).
+//! (add `BOLTZFLOW_STORE_CRASH_H5PY=1` to also run `scripts/check_h5py.py` after every kill,
+//! `BOLTZFLOW_STORE_CRASH_SEED=<u64>` to draw other kill times).
 
 mod common;
 
@@ -82,7 +83,10 @@ fn crash_kill_resume() {
     let path = dir.path().join("crash.h5");
     let layout = crash_layout();
     let exe = std::env::current_exe().unwrap();
-    let mut rng = 0x5eed_u64;
+    let mut rng: u64 = std::env::var("BOLTZFLOW_STORE_CRASH_SEED")
+        .ok()
+        .and_then(|k| k.parse().ok())
+        .unwrap_or(0x5eed);
     let mut committed = 0;
     let started = Instant::now();
     for kill in 0..=kills {
@@ -99,7 +103,7 @@ fn crash_kill_resume() {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         assert!(
-            lines.by_ref().map_while(Result::ok).any(|l| l == "started"),
+            lines.by_ref().map_while(Result::ok).any(|l| l.ends_with("started")),
             "child {kill} failed before committing"
         );
         if finish {
@@ -119,7 +123,12 @@ fn crash_kill_resume() {
             let out = Command::new("python3").arg(&script).arg(&path).output().unwrap();
             assert!(out.status.success(), "h5py: {}", String::from_utf8_lossy(&out.stdout));
         }
-        let extent = hdf5::File::open(&path).unwrap().dataset("configs").unwrap().shape()[1];
+        let file = hdf5::File::with_options()
+            .with_fapl(|fapl| fapl.libver_latest())
+            .open_as(&path, hdf5::OpenMode::ReadSWMR)
+            .unwrap();
+        let extent = file.dataset("configs").unwrap().shape()[1];
+        drop(file);
         eprintln!("kill {kill}: committed {draws} draws, configs extent {extent}");
     }
     assert!(committed > 0, "no draw was ever committed");

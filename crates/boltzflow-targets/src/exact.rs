@@ -19,9 +19,10 @@
 //! carried relative to its n = 0 term so that I_0(beta)^V never overflows.
 
 pub(crate) mod fourier;
-mod quadrature;
 
 use std::f64::consts::{PI, TAU};
+
+use crate::quadrature::{GaussLegendre, composite};
 
 /// The free-field two-point function G(x) = (1/V) sum_p exp(i p.x) / (2 (phat^2 + m2)) for
 /// every site x, in row-major order of `shape`.
@@ -124,8 +125,7 @@ pub fn bessel_i(n: u32, beta: f64) -> f64 {
 
 /// Composite Gauss-Legendre quadrature of the U(1) character integrals.
 struct CharacterRule {
-    nodes: Vec<f64>,
-    weights: Vec<f64>,
+    rule: GaussLegendre,
 }
 
 impl CharacterRule {
@@ -133,20 +133,21 @@ impl CharacterRule {
     const ORDER: usize = 24;
 
     fn new() -> Self {
-        let (nodes, weights) = quadrature::gauss_legendre(Self::ORDER);
-        Self { nodes, weights }
+        Self { rule: GaussLegendre::new(Self::ORDER) }
     }
 
     /// e^-beta (f_n, df/dnu, d2f/dnu2) at integer nu = n:
     ///
-    ///     f_n    =  (1/pi) int_0^pi exp(beta cos phi) cos(n phi) dphi,
-    ///     f_n'   = -(1/pi) int_0^pi phi sin(n phi) exp(beta cos phi) dphi,
-    ///     f_n''  = -(1/pi) int_0^pi phi^2 cos(n phi) exp(beta cos phi) dphi.
+    /// ```text
+    /// f_n    =  (1/pi) int_0^pi exp(beta cos phi) cos(n phi) dphi,
+    /// f_n'   = -(1/pi) int_0^pi phi sin(n phi) exp(beta cos phi) dphi,
+    /// f_n''  = -(1/pi) int_0^pi phi^2 cos(n phi) exp(beta cos phi) dphi.
+    /// ```
     ///
     /// Panels shrink with the oscillation frequency n and the peak width 1/sqrt(beta).
     fn character(&self, n: u64, beta: f64) -> (f64, f64, f64) {
         let panels = 4 + (n as f64 / 2.0 + 2.0 * beta.sqrt()).ceil() as usize;
-        let rule = quadrature::composite(0.0, PI, panels, &self.nodes, &self.weights);
+        let rule = composite(0.0, PI, panels, &self.rule);
         let (mut f, mut df, mut d2f) = (0.0, 0.0, 0.0);
         for (phi, w) in rule {
             let g = w * (beta * (phi.cos() - 1.0)).exp();
@@ -360,9 +361,9 @@ mod tests {
     /// between its kinks with composite Gauss-Legendre: independent of the character expansion.
     #[test]
     fn u1_two_by_two_matches_plaquette_convolution() {
-        let (nodes, weights) = quadrature::gauss_legendre(24);
+        let rule = GaussLegendre::new(24);
         let integrate = |a: f64, b: f64, f: &dyn Fn(f64) -> f64| -> f64 {
-            quadrature::composite(a, b, 16, &nodes, &weights)
+            composite(a, b, 16, &rule)
                 .into_iter()
                 .map(|(t, w)| w * f(t))
                 .sum()
@@ -404,3 +405,4 @@ mod tests {
         }
     }
 }
+

@@ -12,6 +12,7 @@ pub mod exact;
 pub mod geometry;
 pub mod molecular;
 pub mod phi4;
+pub mod quadrature;
 pub mod spec;
 pub mod u1;
 

@@ -1,10 +1,14 @@
 //! Scalar phi^4 theory on a periodic d-dimensional lattice (PHYSICS.md conventions).
 //!
-//!     S(phi) = sum_x [ -2 sum_mu phi(x) phi(x+mu) + (2d + m2) phi(x)^2 + lam phi(x)^4 ].
+//! ```text
+//! S(phi) = sum_x [ -2 sum_mu phi(x) phi(x+mu) + (2d + m2) phi(x)^2 + lam phi(x)^4 ].
+//! ```
 //!
 //! Hopping form, with phi = sqrt(kappa) varphi:
 //!
-//!     S = sum_x [ -2 kappa sum_mu varphi(x) varphi(x+mu) + (1 - 2 lam_h) varphi^2 + lam_h varphi^4 ],
+//! ```text
+//! S = sum_x [ -2 kappa sum_mu varphi(x) varphi(x+mu) + (1 - 2 lam_h) varphi^2 + lam_h varphi^4 ],
+//! ```
 //!
 //! so that m2 = (1 - 2 lam_h)/kappa - 2d and lam = lam_h / kappa^2.
 //!
@@ -13,7 +17,9 @@
 //! `local_action(phi_x', n_x) - local_action(phi_x, n_x)` ([`Phi4::local_action`]), where
 //! n_x = sum_mu [phi(x+mu) + phi(x-mu)] is the neighbour sum ([`Phi4::neighbour_sum`]) and
 //!
-//!     local_action(phi, n) = -2 phi n + (2d + m2) phi^2 + lam phi^4.
+//! ```text
+//! local_action(phi, n) = -2 phi n + (2d + m2) phi^2 + lam phi^4.
+//! ```
 //!
 //! Sites of one checkerboard parity ([`crate::geometry::Lattice::parity`]) have no neighbours
 //! in common, so they can be updated independently.
@@ -189,6 +195,8 @@ pub struct Phi4 {
     lattice: Arc<Lattice>,
     m2: f64,
     lam: f64,
+    /// 2d + m2, the coefficient of phi^2.
+    mass_term: f64,
 }
 
 impl Phi4 {
@@ -196,10 +204,13 @@ impl Phi4 {
     pub fn new(spec: &Phi4Spec) -> Result<Self> {
         spec.validate()?;
         let (m2, lam) = spec.couplings();
+        let lattice = Lattice::new(&spec.shape)?;
+        let mass_term = 2.0 * lattice.ndim() as f64 + m2;
         Ok(Self {
-            lattice: Arc::new(Lattice::new(&spec.shape)?),
+            lattice: Arc::new(lattice),
             m2,
             lam,
+            mass_term,
         })
     }
 
@@ -233,12 +244,7 @@ impl Phi4 {
     #[inline]
     pub fn local_action(&self, phi: f64, neighbour_sum: f64) -> f64 {
         let phi2 = phi * phi;
-        -2.0 * phi * neighbour_sum + phi2 * (self.mass_term() + self.lam * phi2)
-    }
-
-    /// 2d + m2, the coefficient of phi^2.
-    fn mass_term(&self) -> f64 {
-        2.0 * self.lattice.ndim() as f64 + self.m2
+        -2.0 * phi * neighbour_sum + self.mass_term * phi2 + self.lam * phi2 * phi2
     }
 }
 
@@ -303,7 +309,7 @@ impl crate::Target for Phi4 {
         let lat = &*self.lattice;
         debug_assert_eq!(x.len(), lat.volume());
         let d = lat.ndim();
-        let mass_term = self.mass_term();
+        let mass_term = self.mass_term;
         let mut s = 0.0;
         for (i, (&p, f)) in x.iter().zip(force.iter_mut()).enumerate() {
             let (mut fwd, mut bwd) = (0.0, 0.0);

@@ -3,7 +3,9 @@
 //! Links theta_mu(x) are stored direction-slowest: configuration shape `[2, L0, L1]`, link
 //! theta_mu(x) at index [`U1::link_index`]`(mu, x) = mu V + x`. The plaquette angle is
 //!
-//!     theta_P(x) = theta_0(x) + theta_1(x+0) - theta_0(x+1) - theta_1(x),
+//! ```text
+//! theta_P(x) = theta_0(x) + theta_1(x+0) - theta_0(x+1) - theta_1(x),
+//! ```
 //!
 //! the action S = -beta sum_P cos theta_P, and the topological charge
 //! Q = (1/2pi) sum_P wrap(theta_P) with wrap to (-pi, pi].
@@ -11,7 +13,9 @@
 //! # Local updates
 //! The part of S that depends on one link theta = theta_mu(x) is
 //!
-//!     S_link(theta) = -beta Re[exp(i theta) K] = -beta |K| cos(theta + arg K),
+//! ```text
+//! S_link(theta) = -beta Re[exp(i theta) K] = -beta |K| cos(theta + arg K),
+//! ```
 //!
 //! with K the staple sum of [`U1::staple`]. A heat bath draws theta + arg K from
 //! exp(beta |K| cos); a Metropolis step accepts with exp(-(S_link(theta') - S_link(theta))).

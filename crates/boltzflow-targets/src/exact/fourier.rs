@@ -3,7 +3,9 @@
 //! For a field f on the lattice `shape = [L0, ..., L(d-1)]` (row-major site order),
 //! [`transform`] computes in place
 //!
-//!     f~(p) = sum_x f(x) exp(sign i p.x),   p_mu = 2 pi n_mu / L_mu,
+//! ```text
+//! f~(p) = sum_x f(x) exp(sign i p.x),   p_mu = 2 pi n_mu / L_mu,
+//! ```
 //!
 //! with p in the same row-major order as x (n_mu in 0..L_mu). Each axis is a plain DFT with a
 //! precomputed twiddle table, so the cost is O(V sum_mu L_mu): cheap for the lattices that are

@@ -20,8 +20,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Potential, PairDistanceHistogram, R2_FLOOR, count, distance, energy_observables, finite,
-    one, positive, relax,
+    PairDistanceHistogram, Potential, R2_FLOOR, count, distance, energy_observables, finite, one,
+    positive, relax,
 };
 use crate::spec::validate_temperature;
 use crate::{Derived, FnObservable, Observable, Result, Target, VectorObservable};
@@ -345,9 +345,12 @@ impl Target for Dimer {
             let d2 = (p[0] - half).hypot(p[1]);
             d1.min(d2)
         };
-        let mut m = (n_solvent as f64).sqrt().ceil().max(1.0) as usize;
         let mut candidates: Vec<[f64; 2]> = Vec::new();
-        while n_solvent > 0 {
+        let first = (n_solvent as f64).sqrt().ceil() as usize;
+        for m in first.max(1).. {
+            if n_solvent == 0 {
+                break;
+            }
             let h = 2.0 * self.box_half / m as f64;
             let centre = |i: usize| -self.box_half + (i as f64 + 0.5) * h;
             candidates = (0..m * m)
@@ -357,7 +360,6 @@ impl Target for Dimer {
             if candidates.len() >= n_solvent {
                 break;
             }
-            m += 1;
         }
         candidates.sort_by(|p, q| clearance(q).total_cmp(&clearance(p)));
         x.extend(candidates.iter().take(n_solvent).flatten());
@@ -367,7 +369,7 @@ impl Target for Dimer {
         x
     }
 
-    /// `energy`, `action`, `dimer_distance` d, `p_closed` = [d < d0], `p_open` = [d >= d0].
+    /// `energy`, `action`, `dimer_distance` d, `p_closed` = `1(d < d0)`, `p_open` = `1(d >= d0)`.
     fn observables(&self) -> Vec<Box<dyn Observable>> {
         let mut obs = energy_observables(self);
         let d0 = self.d0;
@@ -449,7 +451,8 @@ mod tests {
         // shift the dimer off centre: restraint 20 (x1x + x2x)^2 + 20 (x1y^2 + x2y^2)
         let y = [-0.5 * d + 0.1, 0.2, 0.5 * d + 0.1, 0.2, 0.0, 2.9];
         let restraint = 20.0 * (0.2f64.powi(2) + 0.04 + 0.04);
-        let solvent = rep((0.5 * d - 0.1).powi(2) + 2.7 * 2.7) + rep((0.5 * d + 0.1).powi(2) + 2.7 * 2.7);
+        let solvent =
+            rep((0.5 * d - 0.1).powi(2) + 2.7 * 2.7) + rep((0.5 * d + 0.1).powi(2) + 2.7 * 2.7);
         assert!((dimer.energy(&y) - (bond + restraint + solvent)).abs() < 1e-12);
         // a solvent particle 0.5 outside the wall at x = 3 costs k_box * 0.5^2 = 25 (not 12.5)
         let z = [-0.5 * d, 0.0, 0.5 * d, 0.0, 3.5, 0.0];
@@ -486,7 +489,6 @@ mod tests {
                     assert!(r > 0.75 * 1.1, "n_s={n_solvent}: particles {i},{j} at {r}");
                 }
             }
-            eprintln!("n_s={n_solvent}: E = {}", dimer.energy(&x));
             assert!(dimer.energy(&x).is_finite());
         }
     }
@@ -503,13 +505,49 @@ mod tests {
     #[test]
     fn rejects_bad_parameters() {
         let cases = [
-            (DimerSpec { n_solvent: -1, ..spec(36) }, "n_solvent"),
-            (DimerSpec { temperature: f64::NAN, ..spec(36) }, "temperature"),
+            (
+                DimerSpec {
+                    n_solvent: -1,
+                    ..spec(36)
+                },
+                "n_solvent",
+            ),
+            (
+                DimerSpec {
+                    temperature: f64::NAN,
+                    ..spec(36)
+                },
+                "temperature",
+            ),
             (DimerSpec { b: 0.0, ..spec(36) }, "`b`"),
-            (DimerSpec { k_box: -1.0, ..spec(36) }, "k_box"),
-            (DimerSpec { sigma: 0.0, ..spec(36) }, "sigma"),
-            (DimerSpec { eps: 0.0, ..spec(36) }, "`eps`"),
-            (DimerSpec { box_half: 0.0, ..spec(36) }, "box_half"),
+            (
+                DimerSpec {
+                    k_box: -1.0,
+                    ..spec(36)
+                },
+                "k_box",
+            ),
+            (
+                DimerSpec {
+                    sigma: 0.0,
+                    ..spec(36)
+                },
+                "sigma",
+            ),
+            (
+                DimerSpec {
+                    eps: 0.0,
+                    ..spec(36)
+                },
+                "`eps`",
+            ),
+            (
+                DimerSpec {
+                    box_half: 0.0,
+                    ..spec(36)
+                },
+                "box_half",
+            ),
         ];
         for (s, key) in cases {
             let err = Dimer::new(&s).err().unwrap().to_string();

@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Potential, PairDistanceHistogram, R2_FLOOR, count, energy_observables, finite,
+    PairDistanceHistogram, Potential, R2_FLOOR, count, energy_observables, finite,
     mean_pair_distance, one, positive, relax,
 };
 use crate::spec::validate_temperature;
@@ -195,7 +195,9 @@ impl Target for Dw4 {
                 x.push(s * (i / columns) as f64);
             }
             let centre = [0, 1].map(|c| x.iter().skip(c).step_by(2).sum::<f64>() / self.n as f64);
-            x.iter_mut().enumerate().for_each(|(k, v)| *v -= centre[k % 2]);
+            x.iter_mut()
+                .enumerate()
+                .for_each(|(k, v)| *v -= centre[k % 2]);
             x
         };
         let spacing = (0..400)
@@ -212,7 +214,9 @@ impl Target for Dw4 {
     /// `energy`, `action`, `mean_distance` (mean over the n(n-1)/2 pair distances).
     fn observables(&self) -> Vec<Box<dyn Observable>> {
         let mut obs = energy_observables(self);
-        obs.push(FnObservable::boxed("mean_distance", |x| mean_pair_distance(x, 2)));
+        obs.push(FnObservable::boxed("mean_distance", |x| {
+            mean_pair_distance(x, 2)
+        }));
         obs
     }
 
@@ -257,7 +261,11 @@ mod tests {
 
     #[test]
     fn pair_minima_have_the_known_energy_and_zero_force() {
-        let dw4 = Dw4::new(&Dw4Spec { n_particles: 2, ..spec() }).unwrap();
+        let dw4 = Dw4::new(&Dw4Spec {
+            n_particles: 2,
+            ..spec()
+        })
+        .unwrap();
         // phi has minima at u = ±sqrt(-b/(2c)) = ±sqrt(20/9) with phi = -b^2/(4c) = -40/9
         let mut f = [0.0; 4];
         for u in [-(20f64 / 9.0).sqrt(), (20f64 / 9.0).sqrt()] {
@@ -275,7 +283,10 @@ mod tests {
         for _ in 0..50 {
             let x: Vec<f64> = (0..8).map(|_| 6.0 * rng.random::<f64>() - 3.0).collect();
             let theta = std::f64::consts::TAU * rng.random::<f64>();
-            let shift = [rng.random::<f64>() * 10.0 - 5.0, rng.random::<f64>() * 10.0 - 5.0];
+            let shift = [
+                rng.random::<f64>() * 10.0 - 5.0,
+                rng.random::<f64>() * 10.0 - 5.0,
+            ];
             let perm = [2, 0, 3, 1];
             let mut y = vec![0.0; 8];
             for (i, &p) in perm.iter().enumerate() {
@@ -284,7 +295,10 @@ mod tests {
                 y[2 * i + 1] = theta.sin() * px + theta.cos() * py + shift[1];
             }
             let (e, e_moved) = (dw4.energy(&x), dw4.energy(&y));
-            assert!((e - e_moved).abs() < 1e-11 * (1.0 + e.abs()), "{e} vs {e_moved}");
+            assert!(
+                (e - e_moved).abs() < 1e-11 * (1.0 + e.abs()),
+                "{e} vs {e_moved}"
+            );
         }
     }
 
@@ -302,7 +316,10 @@ mod tests {
             .to_vec();
         let diagonal = super::super::distance(corner(0), corner(3));
         assert!((diagonal - 2f64.sqrt() * d[0]).abs() < 1e-6, "{diagonal}");
-        assert!(d.iter().all(|s| (s - d[0]).abs() < 1e-6), "not a square: {d:?}");
+        assert!(
+            d.iter().all(|s| (s - d[0]).abs() < 1e-6),
+            "not a square: {d:?}"
+        );
         // every side sits in a pair minimum or between the two (no overlap)
         assert!(d[0] > 2.0 && d[0] < 6.0, "{d:?}");
     }
@@ -329,12 +346,36 @@ mod tests {
     #[test]
     fn rejects_bad_parameters() {
         let cases = [
-            (Dw4Spec { n_particles: 1, ..spec() }, "n_particles"),
-            (Dw4Spec { n_particles: -4, ..spec() }, "n_particles"),
+            (
+                Dw4Spec {
+                    n_particles: 1,
+                    ..spec()
+                },
+                "n_particles",
+            ),
+            (
+                Dw4Spec {
+                    n_particles: -4,
+                    ..spec()
+                },
+                "n_particles",
+            ),
             (Dw4Spec { c: 0.0, ..spec() }, "`c`"),
             (Dw4Spec { d0: -1.0, ..spec() }, "`d0`"),
-            (Dw4Spec { b: f64::NAN, ..spec() }, "`b`"),
-            (Dw4Spec { temperature: -1.0, ..spec() }, "temperature"),
+            (
+                Dw4Spec {
+                    b: f64::NAN,
+                    ..spec()
+                },
+                "`b`",
+            ),
+            (
+                Dw4Spec {
+                    temperature: -1.0,
+                    ..spec()
+                },
+                "temperature",
+            ),
         ];
         for (s, key) in cases {
             let err = Dw4::new(&s).err().unwrap().to_string();

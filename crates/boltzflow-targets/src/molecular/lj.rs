@@ -5,14 +5,14 @@
 //! xbar = (1/n) sum_i x_i, each pair counted once (some papers count pairs twice), eps = rm = 1
 //! and k = 1 by default; S = E/T. The pair energy has its minimum -eps at r = rm. E is
 //! invariant under permutations, rotations and translations (the restraint acts on
-//! deviations from the centre of mass). dE/dx_i = sum_j dphi/dr ... + k (x_i - xbar), since
+//! deviations from the centre of mass). The restraint's gradient is k (x_i - xbar), because
 //! sum_j (x_j - xbar) = 0.
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Potential, PairDistanceHistogram, R2_FLOOR, count, energy_observables, mean_pair_distance,
-    one, positive, relax,
+    PairDistanceHistogram, Potential, R2_FLOOR, count, energy_observables, mean_pair_distance, one,
+    positive, relax,
 };
 use crate::spec::validate_temperature;
 use crate::{FnObservable, Observable, Result, Target, VectorObservable};
@@ -228,7 +228,9 @@ impl Target for Lj {
             .flat_map(|s| s.map(|c| c as f64 * scale))
             .collect();
         let xbar = self.centre(&x);
-        x.iter_mut().enumerate().for_each(|(k, v)| *v -= xbar[k % 3]);
+        x.iter_mut()
+            .enumerate()
+            .for_each(|(k, v)| *v -= xbar[k % 3]);
         if self.n <= 1000 {
             relax(self, &mut x, 0, 2000, 1e-8 * self.eps / self.rm);
         }
@@ -238,7 +240,9 @@ impl Target for Lj {
     /// `energy`, `action`, `mean_distance` (mean over the n(n-1)/2 pair distances).
     fn observables(&self) -> Vec<Box<dyn Observable>> {
         let mut obs = energy_observables(self);
-        obs.push(FnObservable::boxed("mean_distance", |x| mean_pair_distance(x, 3)));
+        obs.push(FnObservable::boxed("mean_distance", |x| {
+            mean_pair_distance(x, 3)
+        }));
         obs
     }
 
@@ -304,7 +308,9 @@ mod tests {
         assert!((lj2.pair_energy(&[0.1, 0.2, 0.3, 0.1, 0.2, 1.3]) + 1.0).abs() < 1e-14);
         let lj3 = target(3);
         let h = 3f64.sqrt() / 2.0;
-        assert!((lj3.pair_energy(&[0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.5, h, 0.0]) + 3.0).abs() < 1e-13);
+        assert!(
+            (lj3.pair_energy(&[0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.5, h, 0.0]) + 3.0).abs() < 1e-13
+        );
         // The icosahedral minimum has one free parameter, the radius: golden-section search.
         let lj13 = target(13);
         let e = |r: f64| lj13.pair_energy(&icosahedron(r));
@@ -328,20 +334,36 @@ mod tests {
         let mut rng = rng(6);
         let x0 = lj.initial();
         for _ in 0..20 {
-            let x: Vec<f64> = x0.iter().map(|c| c + 0.2 * rng.random::<f64>() - 0.1).collect();
+            let x: Vec<f64> = x0
+                .iter()
+                .map(|c| c + 0.2 * rng.random::<f64>() - 0.1)
+                .collect();
             // random rotation from a random unit quaternion
             let mut q = [0.0f64; 4].map(|_| rng.random::<f64>() - 0.5);
             let norm = q.iter().map(|c| c * c).sum::<f64>().sqrt();
             q.iter_mut().for_each(|c| *c /= norm);
             let [w, a, b, c] = q;
             let rot = [
-                [1.0 - 2.0 * (b * b + c * c), 2.0 * (a * b - w * c), 2.0 * (a * c + w * b)],
-                [2.0 * (a * b + w * c), 1.0 - 2.0 * (a * a + c * c), 2.0 * (b * c - w * a)],
-                [2.0 * (a * c - w * b), 2.0 * (b * c + w * a), 1.0 - 2.0 * (a * a + b * b)],
+                [
+                    1.0 - 2.0 * (b * b + c * c),
+                    2.0 * (a * b - w * c),
+                    2.0 * (a * c + w * b),
+                ],
+                [
+                    2.0 * (a * b + w * c),
+                    1.0 - 2.0 * (a * a + c * c),
+                    2.0 * (b * c - w * a),
+                ],
+                [
+                    2.0 * (a * c - w * b),
+                    2.0 * (b * c + w * a),
+                    1.0 - 2.0 * (a * a + b * b),
+                ],
             ];
             let shift = [0.0; 3].map(|_: f64| 4.0 * rng.random::<f64>() - 2.0);
             let perm: Vec<usize> = (0..13).map(|i| (5 * i + 3) % 13).collect();
-            let apply = |v: &[f64]| [0, 1, 2].map(|r| (0..3).map(|c| rot[r][c] * v[c]).sum::<f64>());
+            let apply =
+                |v: &[f64]| [0, 1, 2].map(|r| (0..3).map(|c| rot[r][c] * v[c]).sum::<f64>());
             let mut y = vec![0.0; 39];
             for (i, &p) in perm.iter().enumerate() {
                 let v = apply(&x[3 * p..3 * p + 3]);
@@ -394,12 +416,48 @@ mod tests {
     #[test]
     fn rejects_bad_parameters() {
         let cases = [
-            (LjSpec { n_particles: 1, ..spec(13) }, "n_particles"),
-            (LjSpec { n_particles: 1 << 40, ..spec(13) }, "n_particles"),
-            (LjSpec { eps: 0.0, ..spec(13) }, "`eps`"),
-            (LjSpec { rm: -1.0, ..spec(13) }, "`rm`"),
-            (LjSpec { k_restraint: 0.0, ..spec(13) }, "k_restraint"),
-            (LjSpec { temperature: 0.0, ..spec(13) }, "temperature"),
+            (
+                LjSpec {
+                    n_particles: 1,
+                    ..spec(13)
+                },
+                "n_particles",
+            ),
+            (
+                LjSpec {
+                    n_particles: 1 << 40,
+                    ..spec(13)
+                },
+                "n_particles",
+            ),
+            (
+                LjSpec {
+                    eps: 0.0,
+                    ..spec(13)
+                },
+                "`eps`",
+            ),
+            (
+                LjSpec {
+                    rm: -1.0,
+                    ..spec(13)
+                },
+                "`rm`",
+            ),
+            (
+                LjSpec {
+                    k_restraint: 0.0,
+                    ..spec(13)
+                },
+                "k_restraint",
+            ),
+            (
+                LjSpec {
+                    temperature: 0.0,
+                    ..spec(13)
+                },
+                "temperature",
+            ),
         ];
         for (s, key) in cases {
             let err = Lj::new(&s).err().unwrap().to_string();

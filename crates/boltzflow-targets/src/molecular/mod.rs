@@ -18,14 +18,13 @@
 //! (the derivative of the clamped, constant energy).
 //!
 //! Exact values (`ln_z`, `<E>`, basin populations) of the 2D targets come from the
-//! tensor-product Gauss-Legendre quadrature of [`quadrature`].
+//! tensor-product Gauss-Legendre quadrature of [`crate::quadrature`].
 
 mod dimer;
 mod double_well;
 mod dw4;
 mod lj;
 mod mueller_brown;
-pub mod quadrature;
 
 pub use dimer::{Dimer, DimerSpec};
 pub use double_well::{DoubleWell, DoubleWellSpec};
@@ -219,6 +218,95 @@ fn relax<P: Potential>(p: &P, x: &mut [f64], frozen: usize, iterations: usize, t
         } else {
             trial.copy_from_slice(x);
             alpha *= 0.5;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::LatticeFile;
+
+    /// (theory, shape, observable names, exact keys)
+    type Case = (
+        &'static str,
+        &'static [usize],
+        &'static [&'static str],
+        &'static [&'static str],
+    );
+
+    /// Every molecular theory parses from a lattice file with its defaults and builds a target
+    /// whose shape, start, observables and exact values are consistent.
+    #[test]
+    fn lattice_files_build_consistent_targets() {
+        let cases: [Case; 5] = [
+            (
+                "double_well",
+                &[2],
+                &["energy", "action", "x", "p_a", "p_b"],
+                &["ln_z", "energy", "x", "p_a", "p_b", "delta_f"],
+            ),
+            (
+                "mueller_brown",
+                &[2],
+                &["energy", "action", "basin", "p_a", "p_b", "p_c"],
+                &["ln_z", "energy", "p_a", "p_b", "p_c"],
+            ),
+            ("dw4", &[4, 2], &["energy", "action", "mean_distance"], &[]),
+            ("lj", &[13, 3], &["energy", "action", "mean_distance"], &[]),
+            (
+                "dimer",
+                &[38, 2],
+                &["energy", "action", "dimer_distance", "p_closed", "p_open"],
+                &[],
+            ),
+        ];
+        for (theory, shape, observables, exact) in cases {
+            let file = LatticeFile::parse(&format!("theory = \"{theory}\"")).unwrap();
+            let target = file.target.build().unwrap();
+            assert_eq!(target.theory(), theory);
+            assert_eq!(target.shape(), shape);
+            let x = target.initial();
+            assert_eq!(x.len(), target.dim());
+            let mut force = vec![0.0; x.len()];
+            let s = target.force(&x, &mut force);
+            assert!(
+                s.is_finite() && force.iter().all(|f| f.is_finite()),
+                "{theory}"
+            );
+            let names: Vec<String> = target
+                .observables()
+                .iter()
+                .map(|o| o.name().to_string())
+                .collect();
+            assert_eq!(names, observables, "{theory}");
+            let values = target.exact();
+            assert!(
+                exact.iter().all(|k| values.contains_key(*k)),
+                "{theory}: {values:?}"
+            );
+            for v in target.vector_observables() {
+                assert_eq!(v.name(), "pair_distance_hist");
+                let mut out = vec![0.0; v.len()];
+                v.measure(&x, &mut out);
+                assert!(out.iter().all(|h| h.is_finite() && *h >= 0.0));
+            }
+            // round trip through the stored TOML
+            let again = LatticeFile::parse(&file.to_toml()).unwrap();
+            assert_eq!(again.target, file.target);
+        }
+    }
+
+    #[test]
+    fn bad_lattice_files_name_the_key() {
+        for (text, key) in [
+            ("theory = \"lj\"\nn_particles = 1", "n_particles"),
+            ("theory = \"dimer\"\nn_solvent = -3", "n_solvent"),
+            ("theory = \"mueller_brown\"\nk = -0.1", "`k`"),
+            ("theory = \"double_well\"\ntemperature = 0.0", "temperature"),
+            ("theory = \"dw4\"\nc = -1.0", "`c`"),
+        ] {
+            let err = LatticeFile::parse(text).err().unwrap().to_string();
+            assert!(err.contains(key) && !err.contains('\n'), "{err}");
         }
     }
 }

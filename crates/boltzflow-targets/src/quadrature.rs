@@ -1,4 +1,5 @@
-//! Tensor-product Gauss-Legendre quadrature for the exact values of the 2D molecular targets.
+//! Gauss-Legendre quadrature for exact references: composite 1D rules (U(1) character
+//! integrals) and tensor-product rules (2D molecular targets).
 //!
 //! An integral over a box [x0, x1] x [y0, y1] is computed as an iterated integral: the outer
 //! y-integral and, for every outer node y, the inner x-integral each use a composite
@@ -60,6 +61,20 @@ impl GaussLegendre {
     pub fn weights(&self) -> &[f64] {
         &self.weights
     }
+}
+
+/// Composite rule: `panels` equal panels on [a, b], each with `rule`. Returns the
+/// (abscissa, weight) pairs.
+pub fn composite(a: f64, b: f64, panels: usize, rule: &GaussLegendre) -> Vec<(f64, f64)> {
+    let h = (b - a) / panels as f64;
+    let mut out = Vec::with_capacity(panels * rule.order());
+    for k in 0..panels {
+        let mid = a + (k as f64 + 0.5) * h;
+        for (x, w) in rule.nodes().iter().zip(rule.weights()) {
+            out.push((mid + 0.5 * h * x, 0.5 * h * w));
+        }
+    }
+    out
 }
 
 /// (P_n(t), P_n'(t)) by the recurrence (k + 1) P_(k+1) = (2k + 1) t P_k - k P_(k-1) and
@@ -278,7 +293,10 @@ mod tests {
                 } else {
                     2.0 / (degree as f64 + 1.0)
                 };
-                assert!((quad - exact).abs() < 1e-13, "n={n} degree={degree}: {quad}");
+                assert!(
+                    (quad - exact).abs() < 1e-13,
+                    "n={n} degree={degree}: {quad}"
+                );
             }
         }
     }
