@@ -98,10 +98,17 @@ impl BlockRng {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
-    /// Uniform in [-1, 1) with 53 random bits.
+    /// Uniform in (-1, 1) on the grid m 2^-52 - 1, m odd in (0, 2^53): exactly symmetric
+    /// (u and -u equally likely) and exactly representable.
     #[inline(always)]
     pub fn symmetric(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 52) as f64) - 1.0
+        Self::symmetric_from_bits(self.next_u64())
+    }
+
+    /// [`BlockRng::symmetric`] from 64 random bits (the top 52 choose m).
+    #[inline(always)]
+    fn symmetric_from_bits(bits: u64) -> f64 {
+        ((bits >> 11) | 1) as f64 * (1.0 / (1u64 << 52) as f64) - 1.0
     }
 }
 
@@ -136,27 +143,39 @@ fn metropolis_accept(ds: f64, rng: &mut BlockRng) -> bool {
     ds <= 0.0 || ds < rng.sample(rand_distr::Exp1)
 }
 
-/// Sites of phi^4 split by colour (checkerboard) for parallel local updates.
+/// Sites of phi^4 coloured by parity (checkerboard) for parallel local updates.
 ///
-/// On a lattice with all extents even, sites of parity c are copied into `fields[c]`
-/// (order of increasing site index), and `neighbours[c][k * 2d + j]` is the position in
-/// `fields[1 - c]` of neighbour j of the k-th site of colour c. In 2D the neighbours follow
-/// from row arithmetic instead: with h = L1/2 sites of each colour per row and the k = x0 h + j
-/// -th site of colour c at x1 = o + 2 j, o = (x0 + c) mod 2, its neighbours in the other colour
-/// are j in rows x0 +- 1, and j and j - 1 (o = 0) or j + 1 (o = 1) in row x0.
+/// On a lattice with all extents even, sites of one parity have no neighbours in common, so a
+/// sweep updates the even sites, then the odd ones, each colour cut into fixed blocks (whole
+/// rows in 2D) updated in parallel, block b drawing from its own [`BlockRng`] seeded by one
+/// `u64` of the chain generator. Blocks and seeds do not depend on the number of threads, so
+/// neither does the chain.
+///
+/// * 2D (the hot path): sites are updated in place in the row-major field. The colour-c sites
+///   of row x0 are x1 = o + 2 j, o = (x0 + c) mod 2, j < L1/2, with neighbours x1 +- 1 in the
+///   same row and x1 in rows x0 +- 1, all of the other colour (unchanged during the
+///   half-sweep). A block reads the rows just outside it from `halo`, copies taken before the
+///   half-sweep, so blocks borrow disjoint rows.
+/// * other dimensions: sites of parity c are copied into `fields[c]` (order of increasing site
+///   index), and `neighbours[c][k * 2d + j]` is the position in `fields[1 - c]` of neighbour j
+///   of the k-th site of colour c.
+///
 /// On any other lattice the lattice is not bipartite and the sweep is sequential in site order.
+/// Every path updates sites through [`update_segment`].
 pub struct Checkerboard {
     /// The target: lattice, couplings, local and full action.
     target: Phi4,
     /// 2d: neighbours per site.
     n_nb: usize,
     bipartite: bool,
-    /// Original site index of the k-th site of each colour.
+    /// Original site index of the k-th site of each colour (empty in 2D).
     sites: [Vec<u32>; 2],
     /// Neighbour positions in the other colour, 2d per site (empty in 2D).
     neighbours: [Vec<u32>; 2],
-    /// The field, split by colour (buffers reused every sweep).
+    /// The field, split by colour (empty in 2D; buffers reused every sweep).
     fields: [Vec<f64>; 2],
+    /// 2D: rows just before and after each block, `[n_blocks, 2, L1]` (reused every sweep).
+    halo: Vec<f64>,
     /// Per-block seeds of the current half-sweep.
     seeds: Vec<u64>,
     /// Per-block (accepted hits, partial action) of the current half-sweep.
@@ -176,7 +195,7 @@ pub struct SweepResult {
 const BLOCK_SITES: usize = 2048;
 
 impl Checkerboard {
-    /// Splits the lattice of `target` into colours.
+    /// Colours the lattice of `target` (neighbour tables outside 2D).
     pub fn new(target: Phi4) -> Self {
         let lattice = target.lattice();
         let d = lattice.ndim();
@@ -184,20 +203,18 @@ impl Checkerboard {
         let bipartite = lattice.shape().iter().all(|l| l.is_multiple_of(2));
         let mut sites: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
         let mut neighbours: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
-        if bipartite {
+        if bipartite && d != 2 {
             let mut position = vec![0u32; lattice.volume()];
             for i in 0..lattice.volume() {
                 let c = lattice.parity(i);
                 position[i] = sites[c].len() as u32;
                 sites[c].push(i as u32);
             }
-            if d != 2 {
-                for c in 0..2 {
-                    for &i in &sites[c] {
-                        for mu in 0..d {
-                            neighbours[c].push(position[lattice.fwd(i as usize, mu)]);
-                            neighbours[c].push(position[lattice.bwd(i as usize, mu)]);
-                        }
+            for c in 0..2 {
+                for &i in &sites[c] {
+                    for mu in 0..d {
+                        neighbours[c].push(position[lattice.fwd(i as usize, mu)]);
+                        neighbours[c].push(position[lattice.bwd(i as usize, mu)]);
                     }
                 }
             }
@@ -210,6 +227,7 @@ impl Checkerboard {
             sites,
             neighbours,
             fields,
+            halo: Vec::new(),
             seeds: Vec::new(),
             partials: Vec::new(),
         }
@@ -247,49 +265,32 @@ impl Checkerboard {
                 action: self.target.action(phi),
             };
         }
-        self.split_colours(phi);
+        let split = self.n_nb != 4;
+        if split {
+            self.split_colours(phi);
+        }
         let mut result = SweepResult::default();
         for c in 0..2 {
-            match self.n_nb {
-                2 => self.half_sweep::<2>(c, rng, step_size, hits),
-                4 => self.half_sweep_2d(c, rng, step_size, hits),
-                6 => self.half_sweep::<6>(c, rng, step_size, hits),
-                8 => self.half_sweep::<8>(c, rng, step_size, hits),
-                _ => self.half_sweep_dyn(c, rng, step_size, hits),
-            };
+            if split {
+                self.half_sweep(c, rng, step_size, hits);
+            } else {
+                self.half_sweep_2d(phi, c, rng, step_size, hits);
+            }
             for &(acc, s) in &self.partials {
                 result.accepted += acc;
                 result.action += s;
             }
         }
-        self.join_colours(phi);
+        if split {
+            self.join_colours(phi);
+        }
         result
     }
 
-    /// Copies `phi` into the colour arrays (row by row in 2D, where colour 0 starts at
-    /// x1 = x0 mod 2).
+    /// Copies `phi` into the colour arrays (not used in 2D).
     fn split_colours(&mut self, phi: &[f64]) {
-        let [even, odd] = &mut self.fields;
-        if self.n_nb == 4 {
-            let l1 = self.target.lattice().shape()[1];
-            let half = l1 / 2;
-            for (x0, ((row, e), o)) in phi
-                .chunks_exact(l1)
-                .zip(even.chunks_exact_mut(half))
-                .zip(odd.chunks_exact_mut(half))
-                .enumerate()
-            {
-                let (first, second) = if x0.is_multiple_of(2) { (e, o) } else { (o, e) };
-                for ((pair, a), b) in row.chunks_exact(2).zip(first).zip(second) {
-                    *a = pair[0];
-                    *b = pair[1];
-                }
-            }
-        } else {
-            for (f, &i) in even.iter_mut().zip(&self.sites[0]) {
-                *f = phi[i as usize];
-            }
-            for (f, &i) in odd.iter_mut().zip(&self.sites[1]) {
+        for (field, sites) in self.fields.iter_mut().zip(&self.sites) {
+            for (f, &i) in field.iter_mut().zip(sites) {
                 *f = phi[i as usize];
             }
         }
@@ -297,27 +298,8 @@ impl Checkerboard {
 
     /// Copies the colour arrays back into `phi` (inverse of [`Checkerboard::split_colours`]).
     fn join_colours(&self, phi: &mut [f64]) {
-        let [even, odd] = &self.fields;
-        if self.n_nb == 4 {
-            let l1 = self.target.lattice().shape()[1];
-            let half = l1 / 2;
-            for (x0, ((row, e), o)) in phi
-                .chunks_exact_mut(l1)
-                .zip(even.chunks_exact(half))
-                .zip(odd.chunks_exact(half))
-                .enumerate()
-            {
-                let (first, second) = if x0.is_multiple_of(2) { (e, o) } else { (o, e) };
-                for ((pair, a), b) in row.chunks_exact_mut(2).zip(first).zip(second) {
-                    pair[0] = *a;
-                    pair[1] = *b;
-                }
-            }
-        } else {
-            for (&f, &i) in even.iter().zip(&self.sites[0]) {
-                phi[i as usize] = f;
-            }
-            for (&f, &i) in odd.iter().zip(&self.sites[1]) {
+        for (field, sites) in self.fields.iter().zip(&self.sites) {
+            for (&f, &i) in field.iter().zip(sites) {
                 phi[i as usize] = f;
             }
         }
@@ -329,52 +311,48 @@ impl Checkerboard {
         self.seeds.extend((0..n_blocks).map(|_| rng.next_u64()));
     }
 
-    /// Updates every site of colour `c` of a 2D lattice by row arithmetic, blocks of whole
-    /// rows in parallel; fills `partials`.
-    fn half_sweep_2d(&mut self, c: usize, rng: &mut ChainRng, step_size: f64, hits: usize) {
+    /// Updates every site of colour `c` of the 2D field `phi` (`[L0, L1]`, row-major) in
+    /// place, blocks of whole rows in parallel; fills `partials`.
+    fn half_sweep_2d(
+        &mut self,
+        phi: &mut [f64],
+        c: usize,
+        rng: &mut ChainRng,
+        step_size: f64,
+        hits: usize,
+    ) {
         let shape = self.target.lattice().shape();
-        let (l0, half) = (shape[0], shape[1] / 2);
-        let rows_per_block = (BLOCK_SITES / half).max(1);
-        let chunk = rows_per_block * half;
-        self.draw_seeds(l0.div_ceil(rows_per_block), rng);
+        let (l0, l1) = (shape[0], shape[1]);
+        let rows_per_block = (2 * BLOCK_SITES / l1).clamp(1, l0);
+        let n_blocks = l0.div_ceil(rows_per_block);
+        self.draw_seeds(n_blocks, rng);
+        // the rows just outside each block: they hold the other colour, fixed in this half
+        self.halo.resize(n_blocks * 2 * l1, 0.0);
+        for (b, pair) in self.halo.chunks_exact_mut(2 * l1).enumerate() {
+            let first = b * rows_per_block;
+            let last = (first + rows_per_block).min(l0) - 1;
+            let (before, after) = pair.split_at_mut(l1);
+            before.copy_from_slice(&phi[((first + l0 - 1) % l0) * l1..][..l1]);
+            after.copy_from_slice(&phi[((last + 1) % l0) * l1..][..l1]);
+        }
         let p = &SiteParams {
             target: &self.target,
             step_size,
             hits,
         };
-        let [even, odd] = &mut self.fields;
-        let (active, other): (&mut [f64], &[f64]) = if c == 0 { (even, odd) } else { (odd, even) };
-        let block = |(b, (rows, &seed)): (usize, (&mut [f64], &u64))| {
-            let p = *p;
-            let mut brng = BlockRng::new(seed);
-            let mut part = (0, 0.0);
-            for (r, row) in rows.chunks_exact_mut(half).enumerate() {
-                let x0 = b * rows_per_block + r;
-                let up = &other[((x0 + 1) % l0) * half..][..half];
-                let down = &other[((x0 + l0 - 1) % l0) * half..][..half];
-                let same = &other[x0 * half..][..half];
-                let shift_back = (x0 + c).is_multiple_of(2);
-                for (j, phi) in row.iter_mut().enumerate() {
-                    let side = if shift_back {
-                        same[if j == 0 { half - 1 } else { j - 1 }]
-                    } else {
-                        same[if j + 1 == half { 0 } else { j + 1 }]
-                    };
-                    let n_sum = up[j] + down[j] + same[j] + side;
-                    let (acc, s) = update_site(phi, n_sum, &mut brng, &p, c);
-                    part.0 += acc;
-                    part.1 += s;
-                }
-            }
-            part
+        let block = |(b, ((rows, halo), &seed)): (usize, ((&mut [f64], &[f64]), &u64))| {
+            let (before, after) = halo.split_at(l1);
+            let first = b * rows_per_block;
+            update_rows_2d(rows, before, after, first, c, BlockRng::new(seed), p)
         };
-        if self.seeds.len() <= 1 {
+        if n_blocks == 1 {
             self.partials.clear();
-            self.partials.push(block((0, (active, &self.seeds[0]))));
+            self.partials
+                .push(block((0, ((phi, &self.halo[..]), &self.seeds[0]))));
             return;
         }
-        active
-            .par_chunks_mut(chunk)
+        phi.par_chunks_mut(rows_per_block * l1)
+            .zip(self.halo.par_chunks(2 * l1))
             .zip(self.seeds.par_iter())
             .enumerate()
             .map(block)
@@ -383,14 +361,9 @@ impl Checkerboard {
 
     /// Updates every site of colour `c` through the neighbour table, block by block (in
     /// parallel for several blocks); fills `partials`.
-    fn half_sweep<const NB: usize>(
-        &mut self,
-        c: usize,
-        rng: &mut ChainRng,
-        step_size: f64,
-        hits: usize,
-    ) {
+    fn half_sweep(&mut self, c: usize, rng: &mut ChainRng, step_size: f64, hits: usize) {
         let n = self.fields[c].len();
+        let n_nb = self.n_nb;
         self.draw_seeds(n.div_ceil(BLOCK_SITES), rng);
         let p = &SiteParams {
             target: &self.target,
@@ -402,51 +375,16 @@ impl Checkerboard {
         let neighbours = &self.neighbours[c];
         if self.seeds.len() <= 1 {
             self.partials.clear();
-            self.partials.push(update_block::<NB>(
-                active,
-                neighbours,
-                other,
-                self.seeds[0],
-                p,
-                c,
-            ));
+            let seed = self.seeds[0];
+            self.partials
+                .push(update_block(active, neighbours, n_nb, other, seed, p, c));
             return;
         }
         active
             .par_chunks_mut(BLOCK_SITES)
-            .zip(neighbours.par_chunks(BLOCK_SITES * NB))
+            .zip(neighbours.par_chunks(BLOCK_SITES * n_nb))
             .zip(self.seeds.par_iter())
-            .map(|((a, nb), &seed)| update_block::<NB>(a, nb, other, seed, p, c))
-            .collect_into_vec(&mut self.partials);
-    }
-
-    /// [`Checkerboard::half_sweep`] for dimensions above 4.
-    fn half_sweep_dyn(&mut self, c: usize, rng: &mut ChainRng, step_size: f64, hits: usize) {
-        let n = self.fields[c].len();
-        let n_nb = self.n_nb;
-        self.draw_seeds(n.div_ceil(BLOCK_SITES), rng);
-        let p = &SiteParams {
-            target: &self.target,
-            step_size,
-            hits,
-        };
-        let [even, odd] = &mut self.fields;
-        let (active, other): (&mut [f64], &[f64]) = if c == 0 { (even, odd) } else { (odd, even) };
-        active
-            .par_chunks_mut(BLOCK_SITES)
-            .zip(self.neighbours[c].par_chunks(BLOCK_SITES * n_nb))
-            .zip(self.seeds.par_iter())
-            .map(|((a, nb), &seed)| {
-                let mut brng = BlockRng::new(seed);
-                let mut part = (0, 0.0);
-                for (phi, nbs) in a.iter_mut().zip(nb.chunks_exact(n_nb)) {
-                    let n_sum: f64 = nbs.iter().map(|&j| other[j as usize]).sum();
-                    let (acc, s) = update_site(phi, n_sum, &mut brng, p, c);
-                    part.0 += acc;
-                    part.1 += s;
-                }
-                part
-            })
+            .map(|((a, nb), &seed)| update_block(a, nb, n_nb, other, seed, p, c))
             .collect_into_vec(&mut self.partials);
     }
 }
@@ -455,10 +393,11 @@ impl Checkerboard {
 /// target's neighbour sum [`Phi4::neighbour_sum`].
 fn sweep_sequential(phi: &mut [f64], rng: &mut ChainRng, p: &SiteParams) -> u64 {
     let mut brng = BlockRng::new(rng.next_u64());
+    let mut scratch = Scratch::new();
     let mut accepted = 0;
     for i in 0..phi.len() {
         let n_sum = p.target.neighbour_sum(phi, i);
-        accepted += update_site(&mut phi[i], n_sum, &mut brng, p, 1).0;
+        accepted += update_segment(&mut phi[i..=i], &[n_sum], &mut scratch, &mut brng, p, 1).0;
     }
     accepted
 }
@@ -471,45 +410,219 @@ struct SiteParams<'a> {
     hits: usize,
 }
 
-/// `hits` Metropolis hits on one site of colour `c` with neighbour sum `n_sum`, with
-/// dS = s(phi') - s(phi) for the target's local action s ([`Phi4::local_action`]). Returns the
-/// accepted hits and the site's share of the action after the update: the on-site terms
-/// s(phi) + 2 phi n for c = 0, the full s(phi) for c = 1.
+/// Sites updated together by [`update_segment`] (its stack buffers).
+const SEGMENT: usize = 64;
+
+/// Buffers of [`update_segment`], made once per block.
+struct Scratch {
+    /// Field and local action before and after a hit (alternating).
+    field: [[f64; SEGMENT]; 2],
+    action: [[f64; SEGMENT]; 2],
+    /// The hit's proposed shifts step_size u, acceptance uniforms v and action changes dS.
+    shift: [f64; SEGMENT],
+    v: [f64; SEGMENT],
+    ds: [f64; SEGMENT],
+}
+
+impl Scratch {
+    fn new() -> Self {
+        Self {
+            field: [[0.0; SEGMENT]; 2],
+            action: [[0.0; SEGMENT]; 2],
+            shift: [0.0; SEGMENT],
+            v: [0.0; SEGMENT],
+            ds: [0.0; SEGMENT],
+        }
+    }
+}
+
+/// Relative margin around [`exp_estimate`] inside which [`update_segment`] falls back to
+/// `f64::exp`: 20 times the estimate's error (< 5e-6), so the bounds are rigorous.
+const EXP_MARGIN: f64 = 1e-4;
+
+/// e^x for x in [-700, 0] with relative error below 5e-6, branch-free so that loops over it
+/// vectorise; only used as a bound ([`metropolis_bounds`]).
+///
+/// x = n ln 2 + r with n = round(x / ln 2) and |r| <= ln(2)/2; e^r from its Taylor series to
+/// r^5 (remainder <= e^0.35 0.35^6 / 6! < 3.5e-6, relative to e^r >= 0.7: < 5e-6; rounding
+/// adds ~1e-13), and 2^n written straight into the
+/// exponent bits: adding 1.5 * 2^52 + 1023 rounds x / ln 2 to an integer and leaves n + 1023
+/// (in [13, 1023]) in the low mantissa bits.
 #[inline(always)]
-fn update_site(
-    phi: &mut f64,
-    n_sum: f64,
+fn exp_estimate(x: f64) -> f64 {
+    const SHIFT: f64 = 6_755_399_441_055_744.0 + 1023.0;
+    let t = x * std::f64::consts::LOG2_E + SHIFT;
+    let n = t - SHIFT;
+    let r = x - n * std::f64::consts::LN_2;
+    let taylor = 1.0
+        + r * (1.0 + r * (1.0 / 2.0 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0)))));
+    f64::from_bits(t.to_bits() << 52) * taylor
+}
+
+/// The Metropolis test `ds <= 0 || v < exp(-ds)` for a uniform v in [0, 1), decided where
+/// possible from [`exp_estimate`]: returns (accept, undecided). `accept` is only returned
+/// when the exact test accepts; when `undecided` is false, the exact test rejects
+/// (`!accept`). Undecided (|v - exp(-ds)| within about [`EXP_MARGIN`] exp(-ds), or ds > 700
+/// with v < e^-700) has probability below 2 [`EXP_MARGIN`] and is settled with `f64::exp`.
+/// NaN is rejected.
+#[inline(always)]
+fn metropolis_bounds(ds: f64, v: f64) -> (bool, bool) {
+    let x = -ds;
+    let in_range = x >= -700.0;
+    let estimate = exp_estimate(if in_range { x.min(0.0) } else { -700.0 });
+    // e^x < e^-700 <= upper outside the range, where no acceptance is decided
+    let lower = if in_range {
+        estimate * (1.0 - EXP_MARGIN)
+    } else {
+        0.0
+    };
+    let upper = estimate * (1.0 + EXP_MARGIN);
+    let accept = (ds <= 0.0) | (v < lower);
+    (accept, !accept & (v < upper))
+}
+
+/// `hits` Metropolis hits on each site of a segment of independent sites (no two
+/// neighbours): `phi[k]` (at most [`SEGMENT`]) with neighbour sums `n_sum[k]`, dS = s(phi') -
+/// s(phi) for the target's local action s ([`Phi4::local_action`]). Returns the accepted hits
+/// and the segment's share of the action after the update: the on-site terms
+/// s(phi) + 2 phi n for c = 0, the full s(phi) for c = 1.
+///
+/// Exact Metropolis: each hit proposes phi' = phi + step_size u with u = m 2^-52 - 1, m odd
+/// and uniform in (0, 2^53) (an exactly symmetric grid: u and -u are equally likely, all
+/// exactly representable), and accepts if dS <= 0 or v < exp(-dS), v uniform in [0, 1)
+/// ([`metropolis_bounds`], with `f64::exp` where its bound is undecided). The hits of the
+/// segment run site-parallel: random numbers first, then a branch-free pass (vectorisable,
+/// no mispredicted accept branch) choosing phi' or phi by the test's outcome.
+#[inline(always)]
+fn update_segment(
+    phi: &mut [f64],
+    n_sum: &[f64],
+    scratch: &mut Scratch,
     rng: &mut BlockRng,
     p: &SiteParams,
     c: usize,
 ) -> (u64, f64) {
-    let mut acc = 0;
-    let mut old = *phi;
-    let mut s_old = p.target.local_action(old, n_sum);
-    for _ in 0..p.hits {
-        let new = old + p.step_size * rng.symmetric();
-        let s_new = p.target.local_action(new, n_sum);
-        if metropolis_accept(s_new - s_old, rng) {
-            old = new;
-            s_old = s_new;
-            acc += 1;
+    let len = phi.len();
+    assert!(len <= SEGMENT && n_sum.len() == len);
+    let target = p.target;
+    let Scratch {
+        field,
+        action,
+        shift,
+        v,
+        ds,
+    } = scratch;
+    for k in 0..len {
+        field[0][k] = phi[k];
+        action[0][k] = target.local_action(phi[k], n_sum[k]);
+    }
+    let mut accepted = 0;
+    for hit in 0..p.hits {
+        for k in 0..len {
+            shift[k] = p.step_size * rng.symmetric();
+            v[k] = rng.uniform();
+        }
+        // read (field, action) before the hit from one buffer, write the other in full
+        let ([f0, f1], [a0, a1]) = (&mut *field, &mut *action);
+        let (x, s, x_next, s_next) = if hit % 2 == 0 {
+            (&*f0, &*a0, f1, a1)
+        } else {
+            (&*f1, &*a1, f0, a0)
+        };
+        let mut n_undecided = 0u64;
+        for k in 0..len {
+            let new = x[k] + shift[k];
+            let s_new = target.local_action(new, n_sum[k]);
+            ds[k] = s_new - s[k];
+            let (accept, undecided) = metropolis_bounds(ds[k], v[k]);
+            x_next[k] = if accept { new } else { x[k] };
+            s_next[k] = if accept { s_new } else { s[k] };
+            accepted += u64::from(accept);
+            n_undecided += u64::from(undecided);
+        }
+        if n_undecided > 0 {
+            // undecided sites were not moved: settle them with the exact exponential
+            for k in 0..len {
+                if metropolis_bounds(ds[k], v[k]).1 && v[k] < (-ds[k]).exp() {
+                    x_next[k] = x[k] + shift[k];
+                    s_next[k] = target.local_action(x_next[k], n_sum[k]);
+                    accepted += 1;
+                }
+            }
         }
     }
-    *phi = old;
-    let share = if c == 0 {
-        s_old + 2.0 * old * n_sum
-    } else {
-        s_old
-    };
-    (acc, share)
+    let (x, s) = (&field[p.hits % 2][..len], &action[p.hits % 2][..len]);
+    phi.copy_from_slice(x);
+    let mut share = 0.0;
+    for k in 0..len {
+        share += if c == 0 {
+            s[k] + 2.0 * x[k] * n_sum[k]
+        } else {
+            s[k]
+        };
+    }
+    (accepted, share)
 }
 
-/// Updates one block of sites of colour `c`; `nb` holds NB neighbour positions per site.
-/// Returns (accepted hits, the block's share of the action).
+/// Updates the colour-c sites of consecutive rows `first, first + 1, ...` of a 2D field
+/// (`rows`: whole rows of length L1), with `before` and `after` the rows just outside.
+/// Returns (accepted hits, the rows' share of the action).
+fn update_rows_2d(
+    rows: &mut [f64],
+    before: &[f64],
+    after: &[f64],
+    first: usize,
+    c: usize,
+    mut rng: BlockRng,
+    p: &SiteParams,
+) -> (u64, f64) {
+    let l1 = before.len();
+    let n_rows = rows.len() / l1;
+    let mut part = (0, 0.0);
+    let (mut values, mut n_sum) = ([0.0; SEGMENT], [0.0; SEGMENT]);
+    let mut scratch = Scratch::new();
+    for r in 0..n_rows {
+        let (done, rest) = rows.split_at_mut(r * l1);
+        let (row, later) = rest.split_at_mut(l1);
+        let prev = if r == 0 { before } else { &done[(r - 1) * l1..] };
+        let next = if r + 1 == n_rows { after } else { &later[..l1] };
+        let offset = (first + r + c) % 2;
+        // colour-c sites x1 = offset + 2 j of this row, SEGMENT at a time
+        for start in (offset..l1).step_by(2 * SEGMENT) {
+            let len = (l1 - start).div_ceil(2).min(SEGMENT);
+            for k in 0..len {
+                let x1 = start + 2 * k;
+                let left = if x1 == 0 { l1 - 1 } else { x1 - 1 };
+                let right = if x1 + 1 == l1 { 0 } else { x1 + 1 };
+                values[k] = row[x1];
+                n_sum[k] = prev[x1] + next[x1] + row[left] + row[right];
+            }
+            let (acc, s) = update_segment(
+                &mut values[..len],
+                &n_sum[..len],
+                &mut scratch,
+                &mut rng,
+                p,
+                c,
+            );
+            part.0 += acc;
+            part.1 += s;
+            for k in 0..len {
+                row[start + 2 * k] = values[k];
+            }
+        }
+    }
+    part
+}
+
+/// Updates one block of sites of colour `c` (`active`, split by colour); `nb` holds `n_nb`
+/// neighbour positions in `other` per site. Returns (accepted hits, the block's share of the
+/// action).
 #[inline(always)]
-fn update_block<const NB: usize>(
+fn update_block(
     active: &mut [f64],
     nb: &[u32],
+    n_nb: usize,
     other: &[f64],
     seed: u64,
     p: &SiteParams,
@@ -517,13 +630,17 @@ fn update_block<const NB: usize>(
 ) -> (u64, f64) {
     let mut rng = BlockRng::new(seed);
     let mut part = (0, 0.0);
-    for (phi, nbs) in active.iter_mut().zip(nb.chunks_exact(NB)) {
-        let nbs: &[u32; NB] = nbs.try_into().expect("chunks_exact yields NB entries");
-        let mut n_sum = 0.0;
-        for &j in nbs {
-            n_sum += other[j as usize];
+    let mut n_sum = [0.0; SEGMENT];
+    let mut scratch = Scratch::new();
+    for (values, nbs) in active
+        .chunks_mut(SEGMENT)
+        .zip(nb.chunks(SEGMENT * n_nb))
+    {
+        for (n, site) in n_sum.iter_mut().zip(nbs.chunks_exact(n_nb)) {
+            *n = site.iter().map(|&j| other[j as usize]).sum();
         }
-        let (acc, s) = update_site(phi, n_sum, &mut rng, p, c);
+        let (acc, s) =
+            update_segment(values, &n_sum[..values.len()], &mut scratch, &mut rng, p, c);
         part.0 += acc;
         part.1 += s;
     }
@@ -725,7 +842,7 @@ mod tests {
         })?)
     }
 
-    /// One hit of `update_site` changes S by the local-action difference, and its share of
+    /// One hit of `update_segment` on one site changes S by the local-action difference, and its share of
     /// the action is the on-site terms s(phi, 0) (colour 0) or the full s(phi, n) (colour 1).
     #[test]
     fn site_action_difference_is_full_action_difference() {
@@ -744,7 +861,8 @@ mod tests {
                 let s0 = target.action(&phi);
                 let old = phi[i];
                 let c = i % 2;
-                let (acc, share) = update_site(&mut phi[i], n_sum, &mut rng, &p, c);
+                let (acc, share) =
+                update_segment(&mut phi[i..=i], &[n_sum], &mut Scratch::new(), &mut rng, &p, c);
                 let new = phi[i];
                 moved += acc;
                 assert_eq!(acc == 1, new != old);
@@ -758,6 +876,89 @@ mod tests {
                 assert!((share - expected).abs() < 1e-12 * expected.abs().max(1.0));
             }
             assert!(moved > 0, "{shape:?}: no hit accepted");
+        }
+    }
+
+    /// The branch-free segment update makes the same decisions as the plain test
+    /// `ds <= 0 || v < exp(-ds)` with the same random numbers (hit by hit, site by site).
+    #[test]
+    fn segment_update_is_the_plain_metropolis_test() {
+        let target = phi4(&[8, 8], -4.0, 8.0);
+        for (hits, step_size) in [(1, 1.0), (3, 0.3), (2, 4.0)] {
+            let p = SiteParams {
+                target: &target,
+                step_size,
+                hits,
+            };
+            let mut phi = random_field(SEGMENT, 11);
+            let n_sum: Vec<f64> = random_field(SEGMENT, 12).iter().map(|n| 2.0 * n).collect();
+            let mut expected = phi.clone();
+            let mut rng = BlockRng::new(5);
+            let mut accepted = 0;
+            for _ in 0..hits {
+                for k in 0..SEGMENT {
+                    let new = expected[k] + step_size * rng.symmetric();
+                    let v = rng.uniform();
+                    let ds = target.local_action(new, n_sum[k])
+                        - target.local_action(expected[k], n_sum[k]);
+                    if ds <= 0.0 || v < (-ds).exp() {
+                        expected[k] = new;
+                        accepted += 1;
+                    }
+                }
+            }
+            let mut rng = BlockRng::new(5);
+            let (acc, share) =
+                update_segment(&mut phi, &n_sum, &mut Scratch::new(), &mut rng, &p, 1);
+            assert_eq!(acc, accepted);
+            assert!(acc > 0 && acc < (hits * SEGMENT) as u64, "{acc}");
+            assert_eq!(phi, expected);
+            let s: f64 = (0..SEGMENT)
+                .map(|k| target.local_action(phi[k], n_sum[k]))
+                .sum();
+            assert!((share - s).abs() < 1e-12 * s.abs().max(1.0));
+        }
+    }
+
+    /// The estimate of e^x is within 5e-6 (relative) of `f64::exp` on [-700, 0], far inside
+    /// the margin, so the bounds of the Metropolis test hold; an undecided draw is flagged,
+    /// not guessed.
+    #[test]
+    fn exp_estimate_bounds_the_exact_test() {
+        let mut worst: f64 = 0.0;
+        for i in 0..=1_400_000 {
+            let x = -700.0 * i as f64 / 1_400_000.0;
+            worst = worst.max((exp_estimate(x) / x.exp() - 1.0).abs());
+        }
+        assert!(worst < 5e-6 && worst < EXP_MARGIN / 20.0, "{worst}");
+        assert!(worst > 0.0);
+        let mut rng = BlockRng::new(8);
+        for _ in 0..100_000 {
+            let ds = 40.0 * rng.symmetric();
+            let v = rng.uniform();
+            let exact = ds <= 0.0 || v < (-ds).exp();
+            let (accept, undecided) = metropolis_bounds(ds, v);
+            assert!(!accept || exact, "accepted ds = {ds}, v = {v}");
+            assert!(accept || undecided || !exact, "rejected ds = {ds}, v = {v}");
+        }
+        // at v = exp(-ds) the estimate cannot decide; far outside the range it rejects
+        for ds in [1e-3, 0.5, 3.0, 80.0] {
+            assert_eq!(metropolis_bounds(ds, (-ds).exp()), (false, true));
+        }
+        assert_eq!(metropolis_bounds(800.0, 0.0), (false, true));
+        assert_eq!(metropolis_bounds(800.0, 1e-300), (false, false));
+        assert_eq!(metropolis_bounds(f64::NAN, 0.5), (false, false));
+        assert_eq!(metropolis_bounds(-1e300, 0.99), (true, false));
+    }
+
+    /// The proposal grid is symmetric: u(m) = -u(2^53 - m) for odd m, all in (-1, 1).
+    #[test]
+    fn symmetric_draw_is_symmetric() {
+        let u = |bits: u64| BlockRng::symmetric_from_bits(bits);
+        for bits in [0u64, 1, 1 << 11, 12345 << 11, u64::MAX, u64::MAX - (1 << 11)] {
+            let mirrored = (!bits >> 11) << 11;
+            assert_eq!(u(bits), -u(mirrored), "{bits:x}");
+            assert!(u(bits).abs() < 1.0);
         }
     }
 

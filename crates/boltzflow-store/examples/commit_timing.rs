@@ -40,8 +40,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for b in 0..blocks {
         let block = Block {
             draws,
-            configs: (0..chains * draws * dim).map(|i| (i + b) as f64 * 1e-3).collect(),
-            series: layout.series.iter().map(|n| (n.clone(), vec![b as f64; chains * draws])).collect(),
+            configs: (0..chains * draws * dim)
+                .map(|i| (i + b) as f64 * 1e-3)
+                .collect(),
+            series: layout
+                .series
+                .iter()
+                .map(|n| (n.clone(), vec![b as f64; chains * draws]))
+                .collect(),
             vectors: vec![("two_point".into(), vec![0.5; chains * draws * side])],
         };
         let start = Instant::now();
@@ -61,7 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let empty = Block {
         draws: 0,
         configs: Vec::new(),
-        series: layout.series.iter().map(|n| (n.clone(), Vec::new())).collect(),
+        series: layout
+            .series
+            .iter()
+            .map(|n| (n.clone(), Vec::new()))
+            .collect(),
         vectors: vec![("two_point".into(), Vec::new())],
     };
     let before = std::fs::metadata(&path)?.len();

@@ -70,7 +70,11 @@ fn select(
 /// Writes `values` (row-major `[chain][draw][...]`) into draws `draws` of every chain.
 ///
 /// `values.len()` must equal the number of selected elements.
-pub(crate) fn write_draws<T: H5Type>(dataset: &Dataset, draws: Range<usize>, values: &[T]) -> hdf5::Result<()> {
+pub(crate) fn write_draws<T: H5Type>(
+    dataset: &Dataset,
+    draws: Range<usize>,
+    values: &[T],
+) -> hdf5::Result<()> {
     let (file_space, mem_space) = select(dataset, SliceOrIndex::from(..), draws)?;
     transfer_check(file_space.selection_size(), values.len())?;
     if values.is_empty() {

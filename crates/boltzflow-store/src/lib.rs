@@ -6,15 +6,16 @@
 //!
 //! # Layout (format "boltzflow-ensemble", version 1)
 //!
-//! All numbers are little-endian `f64` unless stated; `chain` is the chain index, `draw` the
-//! draw index within a chain. Every draw-indexed dataset is chunked and resizable (unlimited)
-//! along `draw`; its extent may exceed the committed draw count after a crash, and readers
-//! must only look at the first `draws` entries (see `/checkpoint`).
+//! See also `docs/hdf5-layout.md`. All numbers are little-endian `f64` unless stated; `chain`
+//! is the chain index, `draw` the draw index within a chain. Every draw-indexed dataset is
+//! chunked `(1, c, ...)` and resizable (unlimited) along `draw`; its extent may exceed the
+//! committed draw count after a crash, and readers must only look at the first `draws`
+//! entries (from `/checkpoint/committed`).
 //!
 //! ```text
 //! /meta                    group; attributes (strings are variable-length UTF-8):
 //!     format               "boltzflow-ensemble"
-//!     format_version       integer, 1
+//!     format_version       i64, 1
 //!     kind                 "mcmc" ("sample", "train" later)
 //!     program_version, git_commit, host, date (UTC ISO 8601), command
 //!     config               the full resolved run config, TOML text
@@ -25,37 +26,40 @@
 //! /configs                 (chain, draw, ...config_shape), optional
 //! /series/<name>           (chain, draw): one scalar per draw (action, acceptance, ...)
 //! /vectors/<name>          (chain, draw, len): one vector per draw (two-point function, ...)
-//! /checkpoint              group; attributes:
-//!     chains               u64, number of chains
-//!     generation           u64, number of commits so far; selects the live slot
-//!     draws                u64, committed draws per chain (copy of the live slot's `draws`)
-//! /checkpoint/slot0, /checkpoint/slot1
-//!                          the two checkpoint buffers; the live one is slot<generation % 2>;
-//!                          attributes generation (u64) and draws (u64) stamp its contents;
-//!     x                    (chain, dim): current configuration of each chain (absent
-//!                          before the first commit)
-//!     rng                  (chain,) strings: JSON state of each chain's random generator
-//!     sampler              (chain,) strings: JSON state of each chain's sampler
+//! /checkpoint              group; attribute chains (u64)
+//!     committed            u64 [generation, draws]: commits so far, committed draws per chain
+//!     slot0, slot1         the two checkpoint buffers; the live one is slot<generation % 2>
+//!         stamp            u64 [generation, draws] of the state the slot holds
+//!         x                (chain, dim): current configuration of each chain
+//!         rng, sampler     u8 (chain, capacity): UTF-8 JSON state of each chain's random
+//!                          generator / sampler, zero-padded
+//!         rng_len, sampler_len
+//!                          u64 (chain,): byte length of each text
 //! ```
+//!
+//! Before the first commit `generation` is 0 and the slots hold no state.
 //!
 //! # Crash safety
 //!
-//! A run may be killed (kill -9) at any moment. Files are created under a temporary name and
-//! renamed into place once complete, so the final path only ever names a complete file. Each
-//! commit then does, in this order:
+//! A run may be killed (kill -9) at any moment. Files are created under `<path>.partial` and
+//! renamed into place once complete, so `path` never names a half-created file. The writer
+//! then works in HDF5's SWMR-write mode (see the `swmr` module: plain HDF5 is not
+//! crash-consistent inside a flush). Each commit does, in this order:
 //!
 //! 1. grow every draw-indexed dataset and write the block; write the next checkpoint into the
 //!    *idle* slot (`slot<(generation + 1) % 2>`) and stamp it; flush the file;
-//! 2. bump `/checkpoint` `generation` (and its `draws` copy); flush the file.
+//! 2. write `/checkpoint/committed = [generation + 1, draws]`; flush the file.
 //!
-//! Only the single `generation` attribute switches the live checkpoint, and it is written
-//! after everything it points to is on disk, so the live checkpoint never counts draws that
-//! were not written and always holds one consistent state for every chain. Draws written after
-//! the last completed commit are ignored by readers and removed by `resume`.
+//! `committed` is a compact dataset (stored inside its object header), so step 2 is a single
+//! small write that switches the live checkpoint only after everything it points to is on
+//! disk: the live checkpoint never counts draws that were not written and always holds one
+//! consistent state for every chain. Draws written after the last completed commit are ignored
+//! by readers and removed by [`EnsembleWriter::resume`].
 //!
-//! The file uses HDF5's default (earliest) format: h5py and every HDF5 >= 1.8 read it, and no
-//! "file is already open for write" consistency flag is left behind by a killed writer (the
-//! latest format and SWMR set that flag, and then plain h5py refuses the file until `h5clear`).
+//! Files use HDF5's latest format (superblock v3, readable by HDF5 >= 1.10). A killed writer
+//! leaves the superblock's "open for writing" flag set; [`EnsembleReader`] opens files in
+//! SWMR-read mode, which accepts that, and so must other readers: h5py
+//! `h5py.File(path, "r", swmr=True)` (or clear the flag with `h5clear -s path`).
 
 mod error;
 mod hyperslab;

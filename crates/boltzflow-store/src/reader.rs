@@ -45,9 +45,16 @@ impl EnsembleReader {
         };
         let series = schema::named_datasets(&file, SERIES, path)?;
         let vectors = schema::named_datasets(&file, VECTORS, path)?;
-        for set in configs.iter().chain(series.iter().map(|(_, s)| s)).chain(vectors.iter().map(|(_, s)| s)) {
+        let mut sets: Vec<(&Dataset, Option<usize>)> = configs.iter().map(|s| (s, None)).collect();
+        sets.extend(series.iter().map(|(_, s)| (s, Some(2))));
+        sets.extend(vectors.iter().map(|(_, s)| (s, Some(3))));
+        for (set, ndim) in sets {
             let shape = set.shape();
-            if shape.len() < 2 || shape[0] != live.chains || shape[1] < draws {
+            if shape.len() < 2
+                || ndim.is_some_and(|n| n != shape.len())
+                || shape[0] != live.chains
+                || shape[1] < draws
+            {
                 return Err(StoreError::Damaged {
                     path: path.to_path_buf(),
                     what: format!(
@@ -93,7 +100,8 @@ impl EnsembleReader {
     /// The committed draws of series `name`, as `[chain][draw]`.
     pub fn series(&self, name: &str) -> Result<Vec<Vec<f64>>> {
         let set = self.named(&self.series, "series", name)?;
-        let flat = hyperslab::read_draws(set, 0..self.draws).context(&self.path, &format!("reading series `{name}`"))?;
+        let flat = hyperslab::read_draws(set, 0..self.draws)
+            .context(&self.path, &format!("reading series `{name}`"))?;
         Ok((0..self.chains)
             .map(|c| flat[c * self.draws..(c + 1) * self.draws].to_vec())
             .collect())
@@ -108,12 +116,15 @@ impl EnsembleReader {
     pub fn vector(&self, name: &str) -> Result<Vec<Vec<Vec<f64>>>> {
         let set = self.named(&self.vectors, "vector", name)?;
         let len = set.shape()[2];
-        let flat = hyperslab::read_draws(set, 0..self.draws).context(&self.path, &format!("reading vector `{name}`"))?;
+        let flat = hyperslab::read_draws(set, 0..self.draws)
+            .context(&self.path, &format!("reading vector `{name}`"))?;
         let per_chain = self.draws * len;
         Ok((0..self.chains)
             .map(|c| {
                 let chain = &flat[c * per_chain..(c + 1) * per_chain];
-                (0..self.draws).map(|d| chain[d * len..(d + 1) * len].to_vec()).collect()
+                (0..self.draws)
+                    .map(|d| chain[d * len..(d + 1) * len].to_vec())
+                    .collect()
             })
             .collect())
     }
@@ -151,13 +162,25 @@ impl EnsembleReader {
         schema::read_checkpoint(&self.file, &self.path)
     }
 
-    fn named<'a>(&self, sets: &'a [(String, Dataset)], kind: &'static str, name: &str) -> Result<&'a Dataset> {
-        sets.iter().find(|(n, _)| n == name).map(|(_, s)| s).ok_or_else(|| StoreError::UnknownDataset {
-            path: self.path.clone(),
-            kind,
-            name: name.to_string(),
-            available: sets.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
-        })
+    fn named<'a>(
+        &self,
+        sets: &'a [(String, Dataset)],
+        kind: &'static str,
+        name: &str,
+    ) -> Result<&'a Dataset> {
+        sets.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s)
+            .ok_or_else(|| StoreError::UnknownDataset {
+                path: self.path.clone(),
+                kind,
+                name: name.to_string(),
+                available: sets
+                    .iter()
+                    .map(|(n, _)| n.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 }
 
@@ -176,7 +199,10 @@ pub(crate) fn check_openable(path: &Path) -> Result<()> {
     }
     let mut file = std::fs::File::open(path).map_err(io)?;
     let mut head = Vec::new();
-    file.by_ref().take(1 << 16).read_to_end(&mut head).map_err(io)?;
+    file.by_ref()
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .map_err(io)?;
     let has_signature = std::iter::once(0)
         .chain((9..16).map(|k| 1usize << k))
         .any(|offset| head.get(offset..offset + 8) == Some(&HDF5_SIGNATURE[..]));

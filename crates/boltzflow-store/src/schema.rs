@@ -52,7 +52,10 @@ pub(crate) fn read_text_attr(location: &Location, name: &str) -> hdf5::Result<St
 pub(crate) fn write_u64_attr(location: &Location, name: &str, value: u64) -> hdf5::Result<()> {
     match location.attr(name) {
         Ok(attr) => attr.write_scalar(&value),
-        Err(_) => location.new_attr::<u64>().create(name)?.write_scalar(&value),
+        Err(_) => location
+            .new_attr::<u64>()
+            .create(name)?
+            .write_scalar(&value),
     }
 }
 
@@ -127,10 +130,13 @@ pub(crate) struct LiveCheckpoint {
 
 /// Reads the `[generation, draws]` pair of a `committed` or `stamp` dataset.
 fn read_pair(group: &Group, name: &str, path: &Path) -> Result<[u64; 2]> {
-    let values = group.dataset(name).and_then(|d| d.read_raw::<u64>()).map_err(|_| StoreError::Damaged {
-        path: path.to_path_buf(),
-        what: format!("{}/{name} is missing or unreadable", group.name()),
-    })?;
+    let values = group
+        .dataset(name)
+        .and_then(|d| d.read_raw::<u64>())
+        .map_err(|_| StoreError::Damaged {
+            path: path.to_path_buf(),
+            what: format!("{}/{name} is missing or unreadable", group.name()),
+        })?;
     <[u64; 2]>::try_from(values.as_slice()).map_err(|_| StoreError::Damaged {
         path: path.to_path_buf(),
         what: format!("{}/{name} does not hold [generation, draws]", group.name()),
@@ -147,7 +153,8 @@ pub(crate) fn read_live(file: &File, path: &Path) -> Result<LiveCheckpoint> {
         .group(CHECKPOINT)
         .map_err(|_| damaged("no /checkpoint group".into()))?;
     let chains = read_u64_attr(&group, "chains")
-        .map_err(|_| damaged("/checkpoint has no `chains` attribute".into()))? as usize;
+        .map_err(|_| damaged("/checkpoint has no `chains` attribute".into()))?
+        as usize;
     let [generation, draws] = read_pair(&group, "committed", path)?;
     let slot = live_slot(&group, generation, path)?;
     let stamp = read_pair(&slot, "stamp", path)?;
@@ -182,11 +189,19 @@ pub(crate) fn read_checkpoint(file: &File, path: &Path) -> Result<Checkpoint> {
             chains: Vec::new(),
         });
     }
-    let group = file.group(CHECKPOINT).context(path, "opening /checkpoint")?;
+    let group = file
+        .group(CHECKPOINT)
+        .context(path, "opening /checkpoint")?;
     let slot = live_slot(&group, live.generation, path)?;
     let x_set = slot.dataset("x").context(path, "opening checkpoint x")?;
-    let dim = x_set.shape()[1];
-    let x: Vec<f64> = hyperslab::read_draws(&x_set, 0..dim).context(path, "reading checkpoint x")?;
+    let &[_, dim] = x_set.shape().as_slice() else {
+        return Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            what: "checkpoint x is not (chain, dim)".into(),
+        });
+    };
+    let x: Vec<f64> =
+        hyperslab::read_draws(&x_set, 0..dim).context(path, "reading checkpoint x")?;
     let rng = read_texts(&slot, "rng", live.chains, path)?;
     let sampler = read_texts(&slot, "sampler", live.chains, path)?;
     let chains = (0..live.chains)
@@ -211,7 +226,7 @@ fn read_texts(slot: &Group, name: &str, chains: usize, path: &Path) -> Result<Ve
         .and_then(|d| d.read_raw::<u64>())
         .context(path, &action)?;
     let set = slot.dataset(name).context(path, &action)?;
-    let capacity = set.shape()[1];
+    let capacity = set.shape().get(1).copied().unwrap_or(0);
     let bytes: Vec<u8> = hyperslab::read_draws(&set, 0..capacity).context(path, &action)?;
     if lens.len() != chains || lens.iter().any(|&n| n as usize > capacity) {
         return Err(StoreError::Damaged {
@@ -231,14 +246,18 @@ fn read_texts(slot: &Group, name: &str, chains: usize, path: &Path) -> Result<Ve
 }
 
 /// Opens the draw-indexed datasets of a group (`/series` or `/vectors`), sorted by name.
-pub(crate) fn named_datasets(file: &File, group: &str, path: &Path) -> Result<Vec<(String, Dataset)>> {
+pub(crate) fn named_datasets(
+    file: &File,
+    group: &str,
+    path: &Path,
+) -> Result<Vec<(String, Dataset)>> {
     if !file.link_exists(group) {
         return Ok(Vec::new());
     }
-    let group = file.group(group).context(path, &format!("opening /{group}"))?;
-    let mut names = group
-        .member_names()
-        .context(path, "listing datasets")?;
+    let group = file
+        .group(group)
+        .context(path, &format!("opening /{group}"))?;
+    let mut names = group.member_names().context(path, "listing datasets")?;
     names.sort();
     names
         .into_iter()

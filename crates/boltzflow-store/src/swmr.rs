@@ -41,7 +41,9 @@ fn latest_format() -> hdf5::Result<FileAccess> {
 /// Creates (truncating) a file in the latest format; call [`start_writing`] once every object
 /// exists.
 pub(crate) fn create(path: &Path) -> hdf5::Result<File> {
-    File::with_options().with_fapl(|fapl| fapl.libver_latest()).create(path)
+    File::with_options()
+        .with_fapl(|fapl| fapl.libver_latest())
+        .create(path)
 }
 
 /// Switches an open writable file to SWMR-write mode.

@@ -6,7 +6,9 @@ use hdf5::{Dataset, Extent, File, Group};
 
 use crate::error::{Hdf5Context, Result, StoreError};
 use crate::schema::{self, CHECKPOINT, CONFIGS, META, SERIES, VECTORS};
-use crate::{Block, Checkpoint, FORMAT, FORMAT_VERSION, Layout, RunMeta, fnv1a_hex, hyperslab, swmr};
+use crate::{
+    Block, Checkpoint, FORMAT, FORMAT_VERSION, Layout, RunMeta, fnv1a_hex, hyperslab, swmr,
+};
 
 /// Largest chunk the writer aims for, in bytes (HDF5 advises chunks of at most a few MiB).
 const CHUNK_BYTES: usize = 1 << 20;
@@ -75,7 +77,8 @@ impl EnsembleWriter {
         let file = swmr::reopen_for_writing(path).context(path, "reopening the file to resume")?;
         schema::read_meta(&file, path)?;
         let meta = file.group(META).context(path, "opening /meta")?;
-        let found = schema::read_text_attr(&meta, "config_hash").context(path, "reading config_hash")?;
+        let found =
+            schema::read_text_attr(&meta, "config_hash").context(path, "reading config_hash")?;
         let expected = fnv1a_hex(config_toml);
         if found != expected {
             return Err(StoreError::ConfigMismatch {
@@ -88,7 +91,10 @@ impl EnsembleWriter {
         if live.chains != layout.chains {
             return Err(StoreError::LayoutMismatch {
                 path: path.to_path_buf(),
-                what: format!("the number of chains ({} vs {})", live.chains, layout.chains),
+                what: format!(
+                    "the number of chains ({} vs {})",
+                    live.chains, layout.chains
+                ),
             });
         }
         let checkpoint = schema::read_checkpoint(&file, path)?;
@@ -130,7 +136,9 @@ impl EnsembleWriter {
         self.committed
             .write_raw(&[generation, new as u64])
             .context(&path, "publishing the checkpoint")?;
-        self.file.flush().context(&path, "flushing the checkpoint")?;
+        self.file
+            .flush()
+            .context(&path, "flushing the checkpoint")?;
         self.draws = new;
         self.generation = generation;
         Ok(())
@@ -147,7 +155,13 @@ impl EnsembleWriter {
     }
 
     /// Opens the datasets of a file whose structure matches `layout`.
-    fn attach(path: &Path, file: File, layout: &Layout, draws: usize, generation: u64) -> Result<Self> {
+    fn attach(
+        path: &Path,
+        file: File,
+        layout: &Layout,
+        draws: usize,
+        generation: u64,
+    ) -> Result<Self> {
         let mismatch = |what: String| StoreError::LayoutMismatch {
             path: path.to_path_buf(),
             what,
@@ -156,7 +170,10 @@ impl EnsembleWriter {
             (Some(shape), true) => {
                 let set = file.dataset(CONFIGS).context(path, "opening /configs")?;
                 let file_shape = set.shape();
-                if file_shape.len() < 2 || file_shape[0] != layout.chains || file_shape[2..] != shape[..] {
+                if file_shape.len() < 2
+                    || file_shape[0] != layout.chains
+                    || file_shape[2..] != shape[..]
+                {
                     return Err(mismatch(format!(
                         "/configs shape {file_shape:?} (this run: ({}, draw, {shape:?}))",
                         layout.chains
@@ -165,7 +182,9 @@ impl EnsembleWriter {
                 Some(set)
             }
             (None, false) => None,
-            (Some(_), false) => return Err(mismatch("whether configs are stored (file: no)".into())),
+            (Some(_), false) => {
+                return Err(mismatch("whether configs are stored (file: no)".into()));
+            }
             (None, true) => return Err(mismatch("whether configs are stored (file: yes)".into())),
         };
         let on_file = schema::named_datasets(&file, SERIES, path)?;
@@ -179,7 +198,12 @@ impl EnsembleWriter {
             .series
             .iter()
             .map(|name| {
-                let set = on_file.iter().find(|(n, _)| n == name).expect("same names").1.clone();
+                let set = on_file
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .expect("same names")
+                    .1
+                    .clone();
                 (name.clone(), set)
             })
             .collect();
@@ -197,12 +221,21 @@ impl EnsembleWriter {
             .vectors
             .iter()
             .map(|(name, len)| {
-                let set = on_file.iter().find(|(n, _)| n == name).expect("same names").1.clone();
+                let set = on_file
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .expect("same names")
+                    .1
+                    .clone();
                 (name.clone(), *len, set)
             })
             .collect();
-        let checkpoint = file.group(CHECKPOINT).context(path, "opening /checkpoint")?;
-        let committed = checkpoint.dataset("committed").context(path, "opening /checkpoint/committed")?;
+        let checkpoint = file
+            .group(CHECKPOINT)
+            .context(path, "opening /checkpoint")?;
+        let committed = checkpoint
+            .dataset("committed")
+            .context(path, "opening /checkpoint/committed")?;
         Ok(Self {
             path: path.to_path_buf(),
             file,
@@ -243,10 +276,13 @@ impl EnsembleWriter {
                     });
                 }
                 shape[1] = self.draws;
-                set.resize(shape).context(&self.path, "truncating uncommitted draws")?;
+                set.resize(shape)
+                    .context(&self.path, "truncating uncommitted draws")?;
             }
         }
-        self.file.flush().context(&self.path, "flushing the truncated file")
+        self.file
+            .flush()
+            .context(&self.path, "flushing the truncated file")
     }
 
     /// Writes `checkpoint` into slot `generation % 2` and stamps it `[generation, draws]`.
@@ -260,12 +296,28 @@ impl EnsembleWriter {
         let dim = checkpoint.chains[0].x.len();
         let x_set = slot.dataset("x").context(path, "opening checkpoint x")?;
         if x_set.shape() != [chains, dim] {
-            x_set.resize([chains, dim]).context(path, "resizing checkpoint x")?;
+            x_set
+                .resize([chains, dim])
+                .context(path, "resizing checkpoint x")?;
         }
-        let x: Vec<f64> = checkpoint.chains.iter().flat_map(|c| c.x.iter().copied()).collect();
+        let x: Vec<f64> = checkpoint
+            .chains
+            .iter()
+            .flat_map(|c| c.x.iter().copied())
+            .collect();
         hyperslab::write_draws(&x_set, 0..dim, &x).context(path, "writing checkpoint x")?;
-        write_texts(&slot, "rng", checkpoint.chains.iter().map(|c| c.rng.as_str()), path)?;
-        write_texts(&slot, "sampler", checkpoint.chains.iter().map(|c| c.sampler.as_str()), path)?;
+        write_texts(
+            &slot,
+            "rng",
+            checkpoint.chains.iter().map(|c| c.rng.as_str()),
+            path,
+        )?;
+        write_texts(
+            &slot,
+            "sampler",
+            checkpoint.chains.iter().map(|c| c.sampler.as_str()),
+            path,
+        )?;
         slot.dataset("stamp")
             .and_then(|set| set.write_raw(&[generation, checkpoint.draws]))
             .context(path, "stamping the checkpoint slot")
@@ -278,7 +330,11 @@ impl EnsembleWriter {
         };
         let chains = self.layout.chains;
         let rows = chains * block.draws;
-        let dim: usize = self.layout.config_shape.as_ref().map_or(0, |s| s.iter().product());
+        let dim: usize = self
+            .layout
+            .config_shape
+            .as_ref()
+            .map_or(0, |s| s.iter().product());
         if block.configs.len() != rows * dim {
             return Err(bad(format!(
                 "configs have {} values, expected {chains} chains x {} draws x {dim}",
@@ -286,8 +342,20 @@ impl EnsembleWriter {
                 block.draws
             )));
         }
-        check_named(&block.series, self.series.iter().map(|(n, _)| (n, 1)), rows, "series", &bad)?;
-        check_named(&block.vectors, self.vectors.iter().map(|(n, l, _)| (n, *l)), rows, "vector", &bad)?;
+        check_named(
+            &block.series,
+            self.series.iter().map(|(n, _)| (n, 1)),
+            rows,
+            "series",
+            &bad,
+        )?;
+        check_named(
+            &block.vectors,
+            self.vectors.iter().map(|(n, l, _)| (n, *l)),
+            rows,
+            "vector",
+            &bad,
+        )?;
         if checkpoint.draws != (self.draws + block.draws) as u64 {
             return Err(bad(format!(
                 "checkpoint counts {} draws, expected {} committed + {} in the block",
@@ -302,7 +370,9 @@ impl EnsembleWriter {
         }
         let dim = checkpoint.chains[0].x.len();
         if checkpoint.chains.iter().any(|c| c.x.len() != dim) {
-            return Err(bad("checkpoint configurations differ in length between chains".into()));
+            return Err(bad(
+                "checkpoint configurations differ in length between chains".into(),
+            ));
         }
         Ok(())
     }
@@ -331,7 +401,9 @@ fn check_named<'a>(
     }
     if given.len() != count {
         let names: Vec<&str> = given.iter().map(|(n, _)| n.as_str()).collect();
-        return Err(bad(format!("the block's {kind} {names:?} include names not in the layout (or repeats)")));
+        return Err(bad(format!(
+            "the block's {kind} {names:?} include names not in the layout (or repeats)"
+        )));
     }
     Ok(())
 }
@@ -350,7 +422,12 @@ fn append(set: &Dataset, draws: std::ops::Range<usize>, values: &[f64], path: &P
 
 /// Writes one UTF-8 text per chain as bytes into `<name>` (chain, capacity), growing the
 /// capacity when needed, and the byte lengths into `<name>_len` (chain,).
-fn write_texts<'a>(slot: &Group, name: &str, texts: impl Iterator<Item = &'a str>, path: &Path) -> Result<()> {
+fn write_texts<'a>(
+    slot: &Group,
+    name: &str,
+    texts: impl Iterator<Item = &'a str>,
+    path: &Path,
+) -> Result<()> {
     let action = format!("writing checkpoint {name}");
     let texts: Vec<&str> = texts.collect();
     let set = slot.dataset(name).context(path, &action)?;
@@ -380,7 +457,10 @@ fn create_checkpoint(file: &File, layout: &Layout, path: &Path) -> Result<()> {
     let checkpoint = file.create_group(CHECKPOINT).context(path, action)?;
     schema::write_u64_attr(&checkpoint, "chains", chains as u64).context(path, action)?;
     create_pair(&checkpoint, "committed", path)?;
-    let dim_hint = layout.config_shape.as_ref().map_or(1024, |s| s.iter().product());
+    let dim_hint = layout
+        .config_shape
+        .as_ref()
+        .map_or(1024, |s| s.iter().product());
     for generation in 0..2 {
         let slot = checkpoint
             .create_group(&schema::slot_name(generation))
@@ -421,7 +501,9 @@ fn create_pair(group: &Group, name: &str, path: &Path) -> Result<()> {
 
 fn check_layout(layout: &Layout) -> Result<()> {
     if layout.chains == 0 {
-        return Err(StoreError::InvalidLayout("chains must be at least 1".into()));
+        return Err(StoreError::InvalidLayout(
+            "chains must be at least 1".into(),
+        ));
     }
     for name in &layout.series {
         schema::check_name("series", name)?;
@@ -429,13 +511,25 @@ fn check_layout(layout: &Layout) -> Result<()> {
     for (name, _) in &layout.vectors {
         schema::check_name("vector", name)?;
     }
-    let mut names: Vec<&String> = layout.series.iter().chain(layout.vectors.iter().map(|(n, _)| n)).collect();
+    let mut names: Vec<&String> = layout
+        .series
+        .iter()
+        .chain(layout.vectors.iter().map(|(n, _)| n))
+        .collect();
     names.sort();
     if names.windows(2).any(|w| w[0] == w[1]) {
-        return Err(StoreError::InvalidLayout("a series or vector name appears twice".into()));
+        return Err(StoreError::InvalidLayout(
+            "a series or vector name appears twice".into(),
+        ));
     }
-    if layout.config_shape.as_ref().is_some_and(|s| s.is_empty() || s.contains(&0)) {
-        return Err(StoreError::InvalidLayout("config_shape must have at least one axis, all non-zero".into()));
+    if layout
+        .config_shape
+        .as_ref()
+        .is_some_and(|s| s.is_empty() || s.contains(&0))
+    {
+        return Err(StoreError::InvalidLayout(
+            "config_shape must have at least one axis, all non-zero".into(),
+        ));
     }
     Ok(())
 }
@@ -472,15 +566,40 @@ fn create_datasets(file: &File, layout: &Layout, path: &Path) -> Result<()> {
     let block = layout.block.max(1);
     if let Some(shape) = &layout.config_shape {
         let dim: usize = shape.iter().product();
-        create_draw_dataset(file, CONFIGS, layout.chains, shape, chunk_draws(dim, block, 1), path)?;
+        create_draw_dataset(
+            file,
+            CONFIGS,
+            layout.chains,
+            shape,
+            chunk_draws(dim, block, 1),
+            path,
+        )?;
     }
-    let series = file.create_group(SERIES).context(path, "creating /series")?;
+    let series = file
+        .create_group(SERIES)
+        .context(path, "creating /series")?;
     for name in &layout.series {
-        create_draw_dataset(&series, name, layout.chains, &[], chunk_draws(1, block, SERIES_CHUNK_DRAWS), path)?;
+        create_draw_dataset(
+            &series,
+            name,
+            layout.chains,
+            &[],
+            chunk_draws(1, block, SERIES_CHUNK_DRAWS),
+            path,
+        )?;
     }
-    let vectors = file.create_group(VECTORS).context(path, "creating /vectors")?;
+    let vectors = file
+        .create_group(VECTORS)
+        .context(path, "creating /vectors")?;
     for (name, len) in &layout.vectors {
-        create_draw_dataset(&vectors, name, layout.chains, &[*len], chunk_draws(*len, block, 1), path)?;
+        create_draw_dataset(
+            &vectors,
+            name,
+            layout.chains,
+            &[*len],
+            chunk_draws(*len, block, 1),
+            path,
+        )?;
     }
     Ok(())
 }

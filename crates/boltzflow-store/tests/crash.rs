@@ -52,11 +52,18 @@ fn crash_child() {
         let (writer, saved) = EnsembleWriter::resume(path, CONFIG, &layout).expect("resume");
         let draws = saved.draws as usize;
         if draws > 0 {
-            assert_eq!(saved, checkpoint(&layout, draws), "resumed checkpoint is consistent");
+            assert_eq!(
+                saved,
+                checkpoint(&layout, draws),
+                "resumed checkpoint is consistent"
+            );
         }
         (writer, draws)
     } else {
-        (EnsembleWriter::create(path, &meta(), &layout, false).expect("create"), 0)
+        (
+            EnsembleWriter::create(path, &meta(), &layout, false).expect("create"),
+            0,
+        )
     };
     println!("started");
     let finish = std::env::var(FINISH_ENV).is_ok();
@@ -92,10 +99,16 @@ fn crash_kill_resume() {
     for kill in 0..=kills {
         let finish = kill == kills;
         let mut cmd = Command::new(&exe);
-        cmd.args(["crash_child", "--exact", "--ignored", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, &path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
         if finish {
             cmd.env(FINISH_ENV, "1");
         }
@@ -103,7 +116,10 @@ fn crash_kill_resume() {
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         assert!(
-            lines.by_ref().map_while(Result::ok).any(|l| l.ends_with("started")),
+            lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.ends_with("started")),
             "child {kill} failed before committing"
         );
         if finish {
@@ -116,12 +132,23 @@ fn crash_kill_resume() {
         }
         drop(lines);
         let draws = verify(&path, &layout);
-        assert!(draws >= committed, "committed draws went back from {committed} to {draws}");
+        assert!(
+            draws >= committed,
+            "committed draws went back from {committed} to {draws}"
+        );
         committed = draws;
         if with_h5py {
             let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_h5py.py");
-            let out = Command::new("python3").arg(&script).arg(&path).output().unwrap();
-            assert!(out.status.success(), "h5py: {}", String::from_utf8_lossy(&out.stdout));
+            let out = Command::new("python3")
+                .arg(&script)
+                .arg(&path)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "h5py: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         let file = hdf5::File::with_options()
             .with_fapl(|fapl| fapl.libver_latest())
@@ -132,5 +159,8 @@ fn crash_kill_resume() {
         eprintln!("kill {kill}: committed {draws} draws, configs extent {extent}");
     }
     assert!(committed > 0, "no draw was ever committed");
-    eprintln!("{kills} kills in {:.1} s, {committed} draws", started.elapsed().as_secs_f64());
+    eprintln!(
+        "{kills} kills in {:.1} s, {committed} draws",
+        started.elapsed().as_secs_f64()
+    );
 }

@@ -15,7 +15,9 @@ fn h5py_reads_the_file() {
         .status()
         .is_ok_and(|s| s.success());
     if !python_ok {
-        eprintln!("note: python3 with h5py not available; skipping the h5py check (scripts/setup installs it)");
+        eprintln!(
+            "note: python3 with h5py not available; skipping the h5py check (scripts/setup installs it)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -25,15 +27,28 @@ fn h5py_reads_the_file() {
     let (b, cp) = block(&layout, 0, 4);
     writer.commit(&b, &cp).unwrap();
     drop(writer);
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_h5py.py");
-    let out = std::process::Command::new("python3").arg(&script).arg(&path).output().unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/check_h5py.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&path)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "check_h5py failed: {stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "check_h5py failed: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("chains=3 draws=4"), "{stdout}");
 
     // The script must also fail on a broken file: a text file.
     let text = dir.path().join("notes.h5");
     std::fs::write(&text, "not hdf5").unwrap();
-    let out = std::process::Command::new("python3").arg(&script).arg(&text).output().unwrap();
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(&text)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

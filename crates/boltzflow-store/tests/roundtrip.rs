@@ -27,15 +27,31 @@ fn every_dataset_and_metadata_round_trip() {
     assert_eq!(reader.series_names(), vec!["acceptance", "action"]);
     assert_eq!(reader.vector_names(), vec!["two_point"]);
     assert_eq!(reader.configs(2, 5..9).unwrap().len(), 4 * 12);
-    assert!(matches!(reader.configs(3, 0..1), Err(StoreError::OutOfRange { .. })));
-    assert!(matches!(reader.configs(0, 0..16), Err(StoreError::OutOfRange { .. })));
-    assert!(matches!(reader.series("energy"), Err(StoreError::UnknownDataset { .. })));
+    assert!(matches!(
+        reader.configs(3, 0..1),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        reader.configs(0, 0..16),
+        Err(StoreError::OutOfRange { .. })
+    ));
+    assert!(matches!(
+        reader.series("energy"),
+        Err(StoreError::UnknownDataset { .. })
+    ));
 
     let file = hdf5::File::open(&path).unwrap();
     let meta_group = file.group("meta").unwrap();
-    let hash = meta_group.attr("config_hash").unwrap().read_scalar::<hdf5::types::VarLenUnicode>().unwrap();
+    let hash = meta_group
+        .attr("config_hash")
+        .unwrap()
+        .read_scalar::<hdf5::types::VarLenUnicode>()
+        .unwrap();
     assert_eq!(hash.as_str(), fnv1a_hex(CONFIG));
-    assert_eq!(file.dataset("configs").unwrap().chunk(), Some(vec![1, 4, 4, 3]));
+    assert_eq!(
+        file.dataset("configs").unwrap().chunk(),
+        Some(vec![1, 4, 4, 3])
+    );
 }
 
 #[test]
@@ -48,14 +64,20 @@ fn layout_without_configs_round_trips() {
     let mut writer = EnsembleWriter::create(&path, &meta(), &layout, false).unwrap();
     let reader_empty = EnsembleReader::open(&path).unwrap();
     assert_eq!(reader_empty.draws(), 0);
-    assert_eq!(reader_empty.series("action").unwrap(), vec![Vec::<f64>::new(); 3]);
+    assert_eq!(
+        reader_empty.series("action").unwrap(),
+        vec![Vec::<f64>::new(); 3]
+    );
     assert!(reader_empty.checkpoint().unwrap().chains.is_empty());
     let (b, cp) = block(&layout, 0, 5);
     writer.commit(&b, &cp).unwrap();
     assert_eq!(verify(&path, &layout), 5);
     let reader = EnsembleReader::open(&path).unwrap();
     assert_eq!(reader.config_shape(), None);
-    assert!(matches!(reader.configs(0, 0..1), Err(StoreError::UnknownDataset { .. })));
+    assert!(matches!(
+        reader.configs(0, 0..1),
+        Err(StoreError::UnknownDataset { .. })
+    ));
 }
 
 #[test]
@@ -71,19 +93,32 @@ fn resume_truncates_uncommitted_draws_and_continues() {
     // Simulate a crash after step 1 of a commit: every dataset grew by 4 draws of garbage.
     {
         let file = hdf5::File::open_rw(&path).unwrap();
-        for name in ["configs", "series/action", "series/acceptance", "vectors/two_point"] {
+        for name in [
+            "configs",
+            "series/action",
+            "series/acceptance",
+            "vectors/two_point",
+        ] {
             let set = file.dataset(name).unwrap();
             let mut shape = set.shape();
             shape[1] += 4;
             set.resize(shape).unwrap();
         }
     }
-    assert_eq!(EnsembleReader::open(&path).unwrap().draws(), 6, "reader ignores uncommitted draws");
+    assert_eq!(
+        EnsembleReader::open(&path).unwrap().draws(),
+        6,
+        "reader ignores uncommitted draws"
+    );
     let (mut writer, saved) = EnsembleWriter::resume(&path, CONFIG, &layout).unwrap();
     assert_eq!(saved, checkpoint(&layout, 6));
     assert_eq!(writer.draws(), 6);
     let file = hdf5::File::open(&path).unwrap();
-    assert_eq!(file.dataset("configs").unwrap().shape(), vec![3, 6, 4, 3], "truncated");
+    assert_eq!(
+        file.dataset("configs").unwrap().shape(),
+        vec![3, 6, 4, 3],
+        "truncated"
+    );
     assert_eq!(file.dataset("series/action").unwrap().shape(), vec![3, 6]);
     drop(file);
     let (b, cp) = block(&layout, 6, 5);
@@ -101,7 +136,10 @@ fn resume_with_another_config_or_layout_is_refused() {
     drop(writer);
     let err = EnsembleWriter::resume(&path, "[mcmc]\nchains = 4\n", &layout).unwrap_err();
     assert!(matches!(err, StoreError::ConfigMismatch { .. }), "{err}");
-    assert!(err.to_string().contains("rerun without --resume or with the same config"));
+    assert!(
+        err.to_string()
+            .contains("rerun without --resume or with the same config")
+    );
 
     let mut other = layout.clone();
     other.series.push("magnetisation".into());
@@ -139,21 +177,39 @@ fn malformed_blocks_are_rejected_without_writing() {
 
     let mut b = good.clone();
     b.configs.pop();
-    assert!(matches!(writer.commit(&b, &cp), Err(StoreError::BlockShape { .. })));
+    assert!(matches!(
+        writer.commit(&b, &cp),
+        Err(StoreError::BlockShape { .. })
+    ));
     let mut b = good.clone();
     b.series.pop();
-    assert!(matches!(writer.commit(&b, &cp), Err(StoreError::BlockShape { .. })));
+    assert!(matches!(
+        writer.commit(&b, &cp),
+        Err(StoreError::BlockShape { .. })
+    ));
     let mut b = good.clone();
     b.series.push(("extra".into(), vec![0.0; 6]));
-    assert!(matches!(writer.commit(&b, &cp), Err(StoreError::BlockShape { .. })));
+    assert!(matches!(
+        writer.commit(&b, &cp),
+        Err(StoreError::BlockShape { .. })
+    ));
     let mut b = good.clone();
     b.vectors[0].1.push(1.0);
-    assert!(matches!(writer.commit(&b, &cp), Err(StoreError::BlockShape { .. })));
+    assert!(matches!(
+        writer.commit(&b, &cp),
+        Err(StoreError::BlockShape { .. })
+    ));
     let wrong_draws = checkpoint(&layout, 3);
-    assert!(matches!(writer.commit(&good, &wrong_draws), Err(StoreError::BlockShape { .. })));
+    assert!(matches!(
+        writer.commit(&good, &wrong_draws),
+        Err(StoreError::BlockShape { .. })
+    ));
     let mut short = cp.clone();
     short.chains.pop();
-    assert!(matches!(writer.commit(&good, &short), Err(StoreError::BlockShape { .. })));
+    assert!(matches!(
+        writer.commit(&good, &short),
+        Err(StoreError::BlockShape { .. })
+    ));
 
     writer.commit(&good, &cp).unwrap();
     assert_eq!(verify(&path, &layout), 2);
@@ -172,10 +228,16 @@ fn open_reports_missing_non_hdf5_foreign_and_future_files() {
     let err = EnsembleReader::open(&text).unwrap_err();
     assert!(matches!(err, StoreError::NotHdf5 { .. }), "{err}");
     assert!(err.to_string().contains("is not an HDF5 file"), "{err}");
-    assert!(matches!(EnsembleWriter::resume(&text, CONFIG, &layout(1)), Err(StoreError::NotHdf5 { .. })));
+    assert!(matches!(
+        EnsembleWriter::resume(&text, CONFIG, &layout(1)),
+        Err(StoreError::NotHdf5 { .. })
+    ));
 
     let foreign = dir.path().join("foreign.h5");
-    hdf5::File::create(&foreign).unwrap().create_group("data").unwrap();
+    hdf5::File::create(&foreign)
+        .unwrap()
+        .create_group("data")
+        .unwrap();
     let err = EnsembleReader::open(&foreign).unwrap_err();
     assert!(matches!(err, StoreError::NotEnsemble { .. }), "{err}");
 
@@ -190,7 +252,17 @@ fn open_reports_missing_non_hdf5_foreign_and_future_files() {
         .write_scalar(&2i64)
         .unwrap();
     let err = EnsembleReader::open(&future).unwrap_err();
-    assert!(matches!(err, StoreError::FormatVersion { found: 2, .. }), "{err}");
-    assert!(err.to_string().contains("layout version 2; this boltzflow reads version 1"), "{err}");
-    assert!(matches!(EnsembleWriter::resume(&future, CONFIG, &layout(1)), Err(StoreError::FormatVersion { .. })));
+    assert!(
+        matches!(err, StoreError::FormatVersion { found: 2, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("layout version 2; this boltzflow reads version 1"),
+        "{err}"
+    );
+    assert!(matches!(
+        EnsembleWriter::resume(&future, CONFIG, &layout(1)),
+        Err(StoreError::FormatVersion { .. })
+    ));
 }

@@ -38,7 +38,10 @@ pub fn value(tag: u32, chain: usize, draw: usize, k: usize) -> f64 {
 
 /// Draws `start..start + draws` of every chain of `layout`, with the matching checkpoint.
 pub fn block(layout: &Layout, start: usize, draws: usize) -> (Block, Checkpoint) {
-    let dim: usize = layout.config_shape.as_ref().map_or(0, |s| s.iter().product());
+    let dim: usize = layout
+        .config_shape
+        .as_ref()
+        .map_or(0, |s| s.iter().product());
     let rows = |tag: u32, len: usize| -> Vec<f64> {
         let mut out = Vec::with_capacity(layout.chains * draws * len);
         for c in 0..layout.chains {
@@ -69,12 +72,17 @@ pub fn block(layout: &Layout, start: usize, draws: usize) -> (Block, Checkpoint)
 
 /// The checkpoint after `draws` draws: x = last configuration, JSON texts naming the draw.
 pub fn checkpoint(layout: &Layout, draws: usize) -> Checkpoint {
-    let dim: usize = layout.config_shape.as_ref().map_or(2, |s| s.iter().product());
+    let dim: usize = layout
+        .config_shape
+        .as_ref()
+        .map_or(2, |s| s.iter().product());
     Checkpoint {
         draws: draws as u64,
         chains: (0..layout.chains)
             .map(|c| ChainCheckpoint {
-                x: (0..dim).map(|k| value(1, c, draws.saturating_sub(1), k)).collect(),
+                x: (0..dim)
+                    .map(|k| value(1, c, draws.saturating_sub(1), k))
+                    .collect(),
                 rng: format!("{{\"chain\":{c},\"draws\":{draws}}}"),
                 sampler: format!("{{\"step\":0.1,\"draws\":{draws}}}"),
             })
@@ -87,14 +95,21 @@ pub fn verify(path: &std::path::Path, layout: &Layout) -> usize {
     let reader = boltzflow_store::EnsembleReader::open(path).expect("file opens");
     let draws = reader.draws();
     assert_eq!(reader.chains(), layout.chains);
-    let dim: usize = layout.config_shape.as_ref().map_or(0, |s| s.iter().product());
+    let dim: usize = layout
+        .config_shape
+        .as_ref()
+        .map_or(0, |s| s.iter().product());
     for (i, name) in layout.series.iter().enumerate() {
         let series = reader.series(name).unwrap();
         assert_eq!(series.len(), layout.chains);
         for (c, chain) in series.iter().enumerate() {
             assert_eq!(chain.len(), draws);
             for (d, &v) in chain.iter().enumerate() {
-                assert_eq!(v, value(10 + i as u32, c, d, 0), "series {name} chain {c} draw {d}");
+                assert_eq!(
+                    v,
+                    value(10 + i as u32, c, d, 0),
+                    "series {name} chain {c} draw {d}"
+                );
             }
         }
     }
@@ -116,7 +131,11 @@ pub fn verify(path: &std::path::Path, layout: &Layout) -> usize {
             assert_eq!(configs.len(), draws * dim);
             for d in 0..draws {
                 for k in 0..dim {
-                    assert_eq!(configs[d * dim + k], value(1, c, d, k), "config chain {c} draw {d}");
+                    assert_eq!(
+                        configs[d * dim + k],
+                        value(1, c, d, k),
+                        "config chain {c} draw {d}"
+                    );
                 }
             }
         }
@@ -124,7 +143,11 @@ pub fn verify(path: &std::path::Path, layout: &Layout) -> usize {
     let saved = reader.checkpoint().unwrap();
     assert_eq!(saved.draws as usize, draws);
     if draws > 0 {
-        assert_eq!(saved, checkpoint(layout, draws), "checkpoint is consistent with its draws");
+        assert_eq!(
+            saved,
+            checkpoint(layout, draws),
+            "checkpoint is consistent with its draws"
+        );
     }
     draws
 }
