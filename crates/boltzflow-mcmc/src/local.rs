@@ -880,20 +880,26 @@ mod tests {
     }
 
     /// The branch-free segment update makes the same decisions as the plain test
-    /// `ds <= 0 || v < exp(-ds)` with the same random numbers (hit by hit, site by site).
+    /// `ds <= 0 || v < exp(-ds)` with the same random numbers (hit by hit, site by site),
+    /// including draws close enough to the threshold to need the exact fallback.
     #[test]
     fn segment_update_is_the_plain_metropolis_test() {
         let target = phi4(&[8, 8], -4.0, 8.0);
-        for (hits, step_size) in [(1, 1.0), (3, 0.3), (2, 4.0)] {
+        let mut near_threshold = 0;
+        for seed in 0..1000 {
+            let (hits, step_size) = [(1, 1.0), (3, 0.3), (2, 4.0)][seed as usize % 3];
             let p = SiteParams {
                 target: &target,
                 step_size,
                 hits,
             };
-            let mut phi = random_field(SEGMENT, 11);
-            let n_sum: Vec<f64> = random_field(SEGMENT, 12).iter().map(|n| 2.0 * n).collect();
+            let mut phi = random_field(SEGMENT, seed);
+            let n_sum: Vec<f64> = random_field(SEGMENT, seed + 5000)
+                .iter()
+                .map(|n| 2.0 * n)
+                .collect();
             let mut expected = phi.clone();
-            let mut rng = BlockRng::new(5);
+            let mut rng = BlockRng::new(seed);
             let mut accepted = 0;
             for _ in 0..hits {
                 for k in 0..SEGMENT {
@@ -901,23 +907,27 @@ mod tests {
                     let v = rng.uniform();
                     let ds = target.local_action(new, n_sum[k])
                         - target.local_action(expected[k], n_sum[k]);
-                    if ds <= 0.0 || v < (-ds).exp() {
+                    let p_accept = (-ds).exp();
+                    if ds > 0.0 && (v - p_accept).abs() < EXP_MARGIN * p_accept {
+                        near_threshold += 1;
+                    }
+                    if ds <= 0.0 || v < p_accept {
                         expected[k] = new;
                         accepted += 1;
                     }
                 }
             }
-            let mut rng = BlockRng::new(5);
+            let mut rng = BlockRng::new(seed);
             let (acc, share) =
                 update_segment(&mut phi, &n_sum, &mut Scratch::new(), &mut rng, &p, 1);
             assert_eq!(acc, accepted);
-            assert!(acc > 0 && acc < (hits * SEGMENT) as u64, "{acc}");
-            assert_eq!(phi, expected);
+            assert_eq!(phi, expected, "seed {seed}");
             let s: f64 = (0..SEGMENT)
                 .map(|k| target.local_action(phi[k], n_sum[k]))
                 .sum();
             assert!((share - s).abs() < 1e-12 * s.abs().max(1.0));
         }
+        assert!(near_threshold > 0, "the exact fallback was not exercised");
     }
 
     /// The estimate of e^x is within 5e-6 (relative) of `f64::exp` on [-700, 0], far inside

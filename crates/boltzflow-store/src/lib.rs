@@ -22,6 +22,7 @@
 //!     config_hash          FNV-1a 64 of `config`, 16 lower-case hex digits
 //!     lattice              the lattice file, TOML text
 //!     conventions          the physics conventions, text
+//!     parameters           the target's parameters in every parametrisation, JSON text
 //!     seed                 u64
 //! /configs                 (chain, draw, ...config_shape), optional
 //! /series/<name>           (chain, draw): one scalar per draw (action, acceptance, ...)
@@ -95,6 +96,9 @@ pub struct RunMeta {
     pub lattice_toml: String,
     /// The physics conventions (text).
     pub conventions: String,
+    /// The target's parameters in every parametrisation it admits (JSON object), e.g.
+    /// phi^4 couplings as both (m2, lam) and (kappa, lam_h).
+    pub parameters: String,
     pub seed: u64,
 }
 

@@ -114,6 +114,7 @@ pub(crate) fn read_meta(file: &File, path: &Path) -> Result<RunMeta> {
         config_toml: text("config")?,
         lattice_toml: text("lattice")?,
         conventions: text("conventions")?,
+        parameters: text("parameters")?,
         seed: read_u64_attr(&meta, "seed").map_err(|_| StoreError::Damaged {
             path: path.to_path_buf(),
             what: "/meta attribute `seed` is missing".to_string(),

@@ -548,6 +548,7 @@ fn write_meta(file: &File, meta: &RunMeta, path: &Path) -> Result<()> {
         ("config_hash", &fnv1a_hex(&meta.config_toml)),
         ("lattice", meta.lattice_toml.as_str()),
         ("conventions", meta.conventions.as_str()),
+        ("parameters", meta.parameters.as_str()),
     ];
     for (name, text) in texts {
         schema::create_text_attr(&group, name, text)?;

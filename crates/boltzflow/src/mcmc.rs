@@ -16,7 +16,7 @@ use boltzflow_mcmc::{BlockData, ChainState, Chains};
 use boltzflow_store::{
     Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout, RunMeta,
 };
-use boltzflow_targets::CONVENTIONS;
+use boltzflow_targets::{CONVENTIONS, TargetSpec};
 
 use crate::config::Loaded;
 use crate::provenance;
@@ -108,6 +108,7 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
             config_toml: loaded.toml.clone(),
             lattice_toml: loaded.lattice.to_toml(),
             conventions: CONVENTIONS.into(),
+            parameters: parameters(&loaded.lattice.target),
             seed: mcmc.seed,
         };
         let mut writer = EnsembleWriter::create(&out, &meta, &layout, args.force)?;
@@ -145,6 +146,21 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
         writer.path().display()
     );
     Ok(out)
+}
+
+/// The target's parameters as JSON, with phi^4 couplings in both parametrisations.
+fn parameters(spec: &TargetSpec) -> String {
+    let mut value = serde_json::to_value(spec).unwrap_or_default();
+    if let (TargetSpec::Phi4(phi4), Some(map)) = (spec, value.as_object_mut()) {
+        let (m2, lam) = phi4.couplings();
+        map.insert("m2".into(), m2.into());
+        map.insert("lam".into(), lam.into());
+        if let Some((kappa, lam_h)) = phi4.hopping() {
+            map.insert("kappa".into(), kappa.into());
+            map.insert("lam_h".into(), lam_h.into());
+        }
+    }
+    value.to_string()
 }
 
 /// `runs/<config stem>.h5`.

@@ -17,6 +17,7 @@ pub fn meta() -> RunMeta {
         config_toml: CONFIG.into(),
         lattice_toml: "[phi4]\nL = [4, 3]\nm2 = -4.0\nlam = 8.0\n".into(),
         conventions: "S = sum_x [...] (ünïcode ok)".into(),
+        parameters: "{\"m2\": -4.0}".into(),
         seed: u64::MAX - 7,
     }
 }
