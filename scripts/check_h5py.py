@@ -11,7 +11,7 @@ non-zero on any problem.
 import sys
 
 TEXT_ATTRS = ["format", "kind", "program_version", "git_commit", "host", "date", "command",
-              "config", "config_hash", "lattice", "conventions"]
+              "config", "config_hash", "lattice", "conventions", "parameters"]
 
 
 def fnv1a_hex(text):

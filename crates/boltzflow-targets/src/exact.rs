@@ -133,7 +133,9 @@ impl CharacterRule {
     const ORDER: usize = 24;
 
     fn new() -> Self {
-        Self { rule: GaussLegendre::new(Self::ORDER) }
+        Self {
+            rule: GaussLegendre::new(Self::ORDER),
+        }
     }
 
     /// e^-beta (f_n, df/dnu, d2f/dnu2) at integer nu = n:
@@ -405,4 +407,3 @@ mod tests {
         }
     }
 }
-

@@ -16,13 +16,20 @@ fn repo() -> PathBuf {
 }
 
 fn run(args: &[&str]) -> Output {
-    bin().args(args).args(["--log", "warn"]).output().expect("boltzflow runs")
+    bin()
+        .args(args)
+        .args(["--log", "warn"])
+        .output()
+        .expect("boltzflow runs")
 }
 
 /// Asserts a failed run with a single `error:` line on stderr mentioning every `needle`.
 fn assert_one_line_error(out: &Output, needles: &[&str]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
@@ -35,12 +42,17 @@ fn assert_one_line_error(out: &Output, needles: &[&str]) {
 fn write_config(dir: &Path, lattice: &str, mcmc: &str) -> PathBuf {
     std::fs::write(dir.join("lattice.toml"), lattice).unwrap();
     let config = dir.join("run.toml");
-    std::fs::write(&config, format!("lattice = \"lattice.toml\"\n\n[mcmc]\n{mcmc}")).unwrap();
+    std::fs::write(
+        &config,
+        format!("lattice = \"lattice.toml\"\n\n[mcmc]\n{mcmc}"),
+    )
+    .unwrap();
     config
 }
 
 const FREE_FIELD: &str = "theory = \"phi4\"\nshape = [8, 8]\nm2 = 1.0\nlam = 0.0\n";
-const HMC: &str = "sampler = \"hmc\"\nchains = 2\nseed = 7\nthermalization = 100\ndraws = 400\nblock = 50\n";
+const HMC: &str =
+    "sampler = \"hmc\"\nchains = 2\nseed = 7\nthermalization = 100\ndraws = 400\nblock = 50\n";
 
 #[test]
 fn bad_input_gives_one_line_and_writes_nothing() {
@@ -49,20 +61,46 @@ fn bad_input_gives_one_line_and_writes_nothing() {
     let out_arg = out.to_str().unwrap();
 
     let cases: Vec<(String, String, Vec<&str>)> = vec![
-        (FREE_FIELD.into(), format!("{HMC}stepsize = 0.1\n"), vec!["stepsize"]),
-        (FREE_FIELD.into(), HMC.replace("draws = 400", "draws = \"many\""), vec!["draws"]),
-        (FREE_FIELD.replace("[8, 8]", "[8, 0]"), HMC.into(), vec!["shape"]),
-        (FREE_FIELD.replace("m2 = 1.0", "mass = 1.0"), HMC.into(), vec!["mass"]),
+        (
+            FREE_FIELD.into(),
+            format!("{HMC}stepsize = 0.1\n"),
+            vec!["stepsize"],
+        ),
+        (
+            FREE_FIELD.into(),
+            HMC.replace("draws = 400", "draws = \"many\""),
+            vec!["draws"],
+        ),
+        (
+            FREE_FIELD.replace("[8, 8]", "[8, 0]"),
+            HMC.into(),
+            vec!["shape"],
+        ),
+        (
+            FREE_FIELD.replace("m2 = 1.0", "mass = 1.0"),
+            HMC.into(),
+            vec!["mass"],
+        ),
         (
             "theory = \"u1\"\nshape = [8, 8]\nbeta = -1.0\n".into(),
             HMC.replace("\"hmc\"", "\"heatbath\""),
             vec!["beta"],
         ),
-        (FREE_FIELD.into(), HMC.replace("\"hmc\"", "\"heatbath\""), vec!["heatbath", "phi4"]),
+        (
+            FREE_FIELD.into(),
+            HMC.replace("\"hmc\"", "\"heatbath\""),
+            vec!["heatbath", "phi4"],
+        ),
     ];
     for (lattice, mcmc, needles) in cases {
         let config = write_config(dir.path(), &lattice, &mcmc);
-        let result = run(&["mcmc", config.to_str().unwrap(), "--out", out_arg, "--quiet"]);
+        let result = run(&[
+            "mcmc",
+            config.to_str().unwrap(),
+            "--out",
+            out_arg,
+            "--quiet",
+        ]);
         assert_one_line_error(&result, &needles);
         assert!(!out.exists(), "a failed run wrote {}", out.display());
     }
@@ -86,25 +124,54 @@ fn resume_refuses_another_config_and_refuses_to_overwrite() {
 
     let again = run(&["mcmc", c, "--out", o, "--quiet"]);
     assert_one_line_error(&again, &["already exists", "--resume"]);
-    let other = run(&["mcmc", c, "--out", o, "--resume", "--set", "mcmc.seed=8", "--quiet"]);
+    let other = run(&[
+        "mcmc",
+        c,
+        "--out",
+        o,
+        "--resume",
+        "--set",
+        "mcmc.seed=8",
+        "--quiet",
+    ]);
     assert_one_line_error(&other, &["another config"]);
-    assert_eq!(std::fs::read(&out).unwrap(), before, "a refused run modified the file");
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "a refused run modified the file"
+    );
 }
 
 fn analyze_json(path: &Path) -> Value {
     let out = run(&["analyze", path.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("analyze --json prints one JSON object")
 }
 
 #[test]
 fn free_field_hmc_matches_exact_values() {
     let dir = tempfile::tempdir().unwrap();
-    let mcmc = HMC.replace("draws = 400", "draws = 4000").replace("block = 50", "block = 1000");
+    let mcmc = HMC
+        .replace("draws = 400", "draws = 4000")
+        .replace("block = 50", "block = 1000");
     let config = write_config(dir.path(), FREE_FIELD, &mcmc);
     let out = dir.path().join("free.h5");
-    let result = run(&["mcmc", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
-    assert!(result.status.success(), "{}", String::from_utf8_lossy(&result.stderr));
+    let result = run(&[
+        "mcmc",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
 
     let report = analyze_json(&out);
     let exact = run(&["exact", config.to_str().unwrap(), "--json"]);
@@ -115,11 +182,17 @@ fn free_field_hmc_matches_exact_values() {
         let (mean, err) = (o["mean"].as_f64().unwrap(), o["err"].as_f64().unwrap());
         let x = exact[name].as_f64().unwrap();
         assert!(err > 0.0 && o["tau_int"].as_f64().unwrap() >= 0.5 - 1e-9);
-        assert!((mean - x).abs() < 4.0 * err, "{name}: {mean} +- {err} vs exact {x}");
+        assert!(
+            (mean - x).abs() < 4.0 * err,
+            "{name}: {mean} +- {err} vs exact {x}"
+        );
         assert_eq!(o["exact"].as_f64(), Some(x));
     }
     let acceptance = report["acceptance"].as_f64().unwrap();
-    assert!(acceptance > 0.5 && acceptance <= 1.0, "acceptance {acceptance}");
+    assert!(
+        acceptance > 0.5 && acceptance <= 1.0,
+        "acceptance {acceptance}"
+    );
 }
 
 /// Every series of a file, as JSON-able nested vectors, read through h5py-independent Rust.
@@ -145,7 +218,11 @@ fn killed_run_resumes_into_the_uninterrupted_chain() {
     let c = config.to_str().unwrap();
     let reference = dir.path().join("reference.h5");
     let status = run(&["mcmc", c, "--out", reference.to_str().unwrap(), "--quiet"]);
-    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     let expected = series_of(&reference);
 
     let killed = dir.path().join("killed.h5");
@@ -177,14 +254,25 @@ fn killed_run_resumes_into_the_uninterrupted_chain() {
             assert_eq!(attempt, 0, "the file became unreadable after a kill");
         }
     }
-    assert!(interrupted >= 2, "the run finished before it could be killed; make it longer");
+    assert!(
+        interrupted >= 2,
+        "the run finished before it could be killed; make it longer"
+    );
     let resumed = if killed.exists() {
         run(&["mcmc", c, "--out", k, "--quiet", "--resume"])
     } else {
         run(&["mcmc", c, "--out", k, "--quiet"])
     };
-    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    assert_eq!(series_of(&killed), expected, "resumed chain differs from the uninterrupted one");
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert_eq!(
+        series_of(&killed),
+        expected,
+        "resumed chain differs from the uninterrupted one"
+    );
 }
 
 #[test]
@@ -192,7 +280,12 @@ fn shipped_lattices_and_configs_parse() {
     for entry in std::fs::read_dir(repo().join("lattices")).unwrap() {
         let path = entry.unwrap().path();
         let out = run(&["exact", path.to_str().unwrap(), "--json"]);
-        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
         let _: Value = serde_json::from_slice(&out.stdout).unwrap();
     }
     for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
@@ -213,7 +306,12 @@ fn shipped_lattices_and_configs_parse() {
             "mcmc.chains=1",
             "--quiet",
         ]);
-        assert!(result.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&result.stderr));
+        assert!(
+            result.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&result.stderr)
+        );
     }
 }
 
@@ -224,19 +322,35 @@ fn h5py_reads_an_ensemble() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_h5py {
-        assert!(std::env::var_os("CI").is_none(), "CI must have h5py (scripts/setup installs it)");
-        eprintln!("note: python3 with h5py not found; skipping the h5py check (scripts/setup installs it)");
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must have h5py (scripts/setup installs it)"
+        );
+        eprintln!(
+            "note: python3 with h5py not found; skipping the h5py check (scripts/setup installs it)"
+        );
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), FREE_FIELD, HMC);
     let out = dir.path().join("run.h5");
-    let result = run(&["mcmc", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quiet"]);
+    let result = run(&[
+        "mcmc",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
     assert!(result.status.success());
     let check = Command::new("python3")
         .arg(repo().join("scripts/check_h5py.py"))
         .arg(&out)
         .output()
         .unwrap();
-    assert!(check.status.success(), "{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
 }

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::quadrature::{CompositeRule, confining_box};
 use super::{Potential, energy_observables, one};
+use crate::quadrature::{CompositeRule, confining_box};
 use crate::spec::validate_temperature;
 use crate::{Derived, FnObservable, Observable, Result, Target};
 

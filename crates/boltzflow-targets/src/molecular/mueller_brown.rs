@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::double_well::EDGE_MARGIN_KT;
-use crate::quadrature::{CompositeRule, confining_box};
 use super::{Potential, energy_observables, one, positive};
+use crate::quadrature::{CompositeRule, confining_box};
 use crate::spec::validate_temperature;
 use crate::{FnObservable, Observable, Result, Target};
 
