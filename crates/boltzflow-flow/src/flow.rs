@@ -1,0 +1,632 @@
+//! [`AffineFlow`]: a stack of checkerboard affine coupling layers on a periodic 2D lattice,
+//! mapping prior noise z ~ N(0, 1)^V to field configurations x = f(z) with an exact log q(x).
+//!
+//! Layer l freezes the sites of checkerboard parity l mod 2 and transforms the others:
+//!
+//! ```text
+//! (s, t) = NN_l(m),  m = x on frozen sites, 0 on active sites
+//! y_active = x_active e^s + t,  y_frozen = x_frozen,  log|det J_l| = sum_active s
+//! log q(x) = log N(z) - sum_l log|det J_l|,  log N(z) = -|z|^2/2 - (V/2) ln(2 pi)
+//! ```
+//!
+//! # Shapes
+//! Public methods take and return configurations as `[batch, L0, L1]` row-major (one
+//! configuration after the other, sites as in `boltzflow_targets::geometry`) and per-sample
+//! log-dets / log q as `[batch]` f64. Internally the batch is split into chunks of
+//! [`CHUNK_LANES`] samples that run in parallel (rayon), each in its own workspace with the
+//! batch-innermost layout of [`crate::conv`]; per-sample results do not depend on the chunking
+//! or the number of threads.
+
+use std::sync::Mutex;
+
+use rand::{Rng, RngExt, SeedableRng};
+use rand_distr::StandardNormal;
+use rand_xoshiro::Xoshiro256PlusPlus;
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::conditioner::{ConvNet, NetScratch, ParamGroup};
+use crate::conv::Stencil;
+use crate::coupling;
+use crate::real::Real;
+use crate::{FlowError, Result};
+
+/// Samples per workspace chunk (the unit of parallelism and of the gradient reduction).
+pub const CHUNK_LANES: usize = 32;
+
+fn default_layers() -> usize {
+    16
+}
+fn default_hidden() -> Vec<usize> {
+    vec![8, 8]
+}
+fn default_kernel() -> usize {
+    3
+}
+
+/// Architecture and initialisation of an [`AffineFlow`] (defaults: the tutorial model).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AffineFlowConfig {
+    /// Lattice extents `[L0, L1]` (even, >= 2).
+    pub shape: [usize; 2],
+    /// Number of coupling layers (default 16).
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    /// Hidden channels of the conditioner (default `[8, 8]`).
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<usize>,
+    /// Odd kernel size K of every conv (default 3).
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+    /// Seed of the parameter initialisation.
+    pub seed: u64,
+}
+
+impl AffineFlowConfig {
+    /// The tutorial model (16 layers, hidden [8, 8], 3x3 kernels) on an `[L0, L1]` lattice.
+    pub fn tutorial(shape: [usize; 2], seed: u64) -> Self {
+        Self {
+            shape,
+            layers: default_layers(),
+            hidden: default_hidden(),
+            kernel: default_kernel(),
+            seed,
+        }
+    }
+}
+
+/// Per-chunk buffers, reused across calls (layout `[channels, V, lanes]`).
+#[derive(Debug)]
+struct Workspace<T> {
+    lanes: usize,
+    /// Layer inputs: slot l holds the input of layer l (`[V, lanes]` each, `layers + 1` slots).
+    fields: Vec<T>,
+    /// Conditioner input m of the current layer.
+    masked: Vec<T>,
+    /// Conditioner activations per layer slot.
+    activations: Vec<Vec<Vec<T>>>,
+    /// Accumulated log|det J| per sample.
+    log_det: Vec<f64>,
+    /// dL/dx of the current layer's output, then input.
+    grad_field: Vec<T>,
+    /// dL/d(s, t) of the current layer.
+    grad_st: Vec<T>,
+    scratch: NetScratch<T>,
+    /// Parameter gradient of this chunk.
+    grad_params: Vec<T>,
+    /// One configuration in f64 and its force, for the target.
+    x64: Vec<f64>,
+    force: Vec<f64>,
+}
+
+impl<T: Real> Workspace<T> {
+    fn new(flow: &AffineFlow<T>, lanes: usize) -> Self {
+        let v = flow.stencil.volume();
+        let layers = flow.config.layers;
+        Self {
+            lanes,
+            fields: vec![T::ZERO; (layers + 1) * v * lanes],
+            masked: vec![T::ZERO; v * lanes],
+            activations: (0..layers.max(1))
+                .map(|_| flow.net.activations(v, lanes))
+                .collect(),
+            log_det: vec![0.0; lanes],
+            grad_field: vec![T::ZERO; v * lanes],
+            grad_st: vec![T::ZERO; 2 * v * lanes],
+            scratch: NetScratch::new(&flow.net, v, lanes),
+            grad_params: vec![T::ZERO; flow.params.len()],
+            x64: vec![0.0; v],
+            force: vec![0.0; v],
+        }
+    }
+}
+
+/// Checkerboard affine coupling flow with conv-net conditioners, generic over the float type
+/// of the network (`f32` for speed, `f64` for exact tests).
+#[derive(Debug)]
+pub struct AffineFlow<T: Real = f32> {
+    config: AffineFlowConfig,
+    stencil: Stencil,
+    net: ConvNet,
+    /// All parameters: layer l's net at `l * net.param_len()`.
+    params: Vec<T>,
+    groups: Vec<ParamGroup>,
+    pool: Mutex<Vec<Workspace<T>>>,
+}
+
+impl<T: Real> Clone for AffineFlow<T> {
+    fn clone(&self) -> Self {
+        Self {
+            config: self.config.clone(),
+            stencil: self.stencil.clone(),
+            net: self.net.clone(),
+            params: self.params.clone(),
+            groups: self.groups.clone(),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T: Real> AffineFlow<T> {
+    /// Builds the flow with PyTorch's default conv initialisation, seeded:
+    /// weights and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = c_in K^2.
+    pub fn new(config: &AffineFlowConfig) -> Result<Self> {
+        if config.layers == 0 {
+            return Err(FlowError::InvalidConfig {
+                name: "layers",
+                value: "0".into(),
+                fix: "use at least one coupling layer (2 to cover both checkerboard parities)",
+            });
+        }
+        if config.hidden.contains(&0) {
+            return Err(FlowError::InvalidConfig {
+                name: "hidden",
+                value: format!("{:?}", config.hidden),
+                fix: "every hidden layer needs at least one channel, e.g. hidden = [8, 8]",
+            });
+        }
+        let stencil = Stencil::new(config.shape, config.kernel)?;
+        let net = ConvNet::new(&config.hidden, stencil.taps());
+        let fan_in = net.fan_in();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
+        let mut params = Vec::with_capacity(config.layers * net.param_len());
+        let mut groups = Vec::new();
+        for l in 0..config.layers {
+            groups.extend(net.param_groups(&format!("layer{l}"), params.len()));
+            for &fan in &fan_in {
+                let bound = 1.0 / (fan as f64).sqrt();
+                params.push(T::from_f64(bound * (2.0 * rng.random::<f64>() - 1.0)));
+            }
+        }
+        Ok(Self {
+            config: config.clone(),
+            stencil,
+            net,
+            params,
+            groups,
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The configuration the flow was built from.
+    pub fn config(&self) -> &AffineFlowConfig {
+        &self.config
+    }
+
+    /// Number of sites V = L0 L1 (the dimension of a configuration).
+    pub fn volume(&self) -> usize {
+        self.stencil.volume()
+    }
+
+    /// The flat parameter vector (layer l's net at `l * params().len() / layers`).
+    pub fn params(&self) -> &[T] {
+        &self.params
+    }
+
+    /// Mutable parameters (the optimiser's view).
+    pub fn params_mut(&mut self) -> &mut [T] {
+        &mut self.params
+    }
+
+    /// Named ranges of the parameter vector (`layer{l}.conv{i}.weight` / `.bias`).
+    pub fn param_groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// The same flow with its parameters converted to another float type.
+    pub fn cast<U: Real>(&self) -> AffineFlow<U> {
+        AffineFlow {
+            config: self.config.clone(),
+            stencil: self.stencil.clone(),
+            net: self.net.clone(),
+            params: self
+                .params
+                .iter()
+                .map(|p| U::from_f64(p.to_f64()))
+                .collect(),
+            groups: self.groups.clone(),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// log N(z) = -|z|^2/2 - (V/2) ln(2 pi) of one configuration `[V]`.
+    pub fn log_prior(z: &[T]) -> f64 {
+        let sq: f64 = z.iter().map(|&v| v.to_f64() * v.to_f64()).sum();
+        -0.5 * sq - 0.5 * z.len() as f64 * (2.0 * std::f64::consts::PI).ln()
+    }
+
+    /// Draws `batch` configurations x = f(z), z ~ N(0, 1)^V, with log q(x) = log N(z) -
+    /// sum_l log|det J_l|. Returns x `[batch, L0, L1]` and log q `[batch]`; z is drawn from
+    /// `rng` sample after sample, so the result does not depend on the number of threads.
+    pub fn sample<R: Rng + ?Sized>(&self, batch: usize, rng: &mut R) -> (Vec<T>, Vec<f64>) {
+        let z = self.draw_prior(batch, rng);
+        let (x, log_det) = self.forward_unchecked(&z);
+        let v = self.volume();
+        let log_q = z
+            .chunks_exact(v)
+            .zip(&log_det)
+            .map(|(z, ld)| Self::log_prior(z) - ld)
+            .collect();
+        (x, log_q)
+    }
+
+    /// `batch` prior draws z ~ N(0, 1)^V, `[batch, V]`.
+    pub fn draw_prior<R: Rng + ?Sized>(&self, batch: usize, rng: &mut R) -> Vec<T> {
+        (0..batch * self.volume())
+            .map(|_| T::from_f64(rng.sample::<f64, _>(StandardNormal)))
+            .collect()
+    }
+
+    /// x = f(z) and log|det df/dz| per sample. Shapes: z `[batch, V]` -> (`[batch, V]`,
+    /// `[batch]`).
+    pub fn forward(&self, z: &[T]) -> Result<(Vec<T>, Vec<f64>)> {
+        self.check_len("z", z.len())?;
+        Ok(self.forward_unchecked(z))
+    }
+
+    /// z = f^-1(x) and log|det df^-1/dx| per sample (= minus the forward log-det at z).
+    /// Shapes: x `[batch, V]` -> (`[batch, V]`, `[batch]`).
+    pub fn inverse(&self, x: &[T]) -> Result<(Vec<T>, Vec<f64>)> {
+        self.check_len("x", x.len())?;
+        Ok(self.run_chunks(x, |flow, ws, chunk| flow.chunk_inverse(ws, chunk)))
+    }
+
+    /// log q(x) = log N(f^-1(x)) + log|det df^-1/dx| per sample, `[batch, V]` -> `[batch]`.
+    pub fn log_prob(&self, x: &[T]) -> Result<Vec<f64>> {
+        let (z, log_det) = self.inverse(x)?;
+        Ok(z.chunks_exact(self.volume())
+            .zip(&log_det)
+            .map(|(z, ld)| Self::log_prior(z) + ld)
+            .collect())
+    }
+
+    fn check_len(&self, what: &'static str, len: usize) -> Result<()> {
+        let volume = self.volume();
+        if len % volume == 0 {
+            Ok(())
+        } else {
+            Err(FlowError::Shape { what, len, volume })
+        }
+    }
+
+    fn forward_unchecked(&self, z: &[T]) -> (Vec<T>, Vec<f64>) {
+        self.run_chunks(z, |flow, ws, chunk| {
+            flow.chunk_forward(ws, chunk, false);
+            flow.store_output(ws, false)
+        })
+    }
+
+    /// Runs `f` on chunks of [`CHUNK_LANES`] configurations of `input` (`[batch, V]`) in
+    /// parallel and concatenates the per-chunk (configurations, per-sample values).
+    fn run_chunks<F>(&self, input: &[T], f: F) -> (Vec<T>, Vec<f64>)
+    where
+        F: Fn(&Self, &mut Workspace<T>, &[T]) -> (Vec<T>, Vec<f64>) + Sync,
+    {
+        let results = self.map_chunks(input, |flow, ws, chunk| f(flow, ws, chunk));
+        let mut configs = Vec::with_capacity(input.len());
+        let mut values = Vec::with_capacity(input.len() / self.volume());
+        for (c, v) in results {
+            configs.extend(c);
+            values.extend(v);
+        }
+        (configs, values)
+    }
+
+    /// Runs `f` on chunks of [`CHUNK_LANES`] configurations of `input` in parallel, each with
+    /// its own workspace; results in chunk order.
+    fn map_chunks<R, F>(&self, input: &[T], f: F) -> Vec<R>
+    where
+        R: Send,
+        F: Fn(&Self, &mut Workspace<T>, &[T]) -> R + Sync,
+    {
+        let v = self.volume();
+        let chunks: Vec<&[T]> = input.chunks(CHUNK_LANES * v).collect();
+        let mut workspaces: Vec<Workspace<T>> = {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let take = chunks.len().min(pool.len());
+            pool.drain(..take).collect()
+        };
+        while workspaces.len() < chunks.len() {
+            workspaces.push(Workspace::new(self, CHUNK_LANES));
+        }
+        let results = if chunks.len() == 1 {
+            vec![f(self, &mut workspaces[0], chunks[0])]
+        } else {
+            workspaces
+                .par_iter_mut()
+                .zip(chunks.par_iter())
+                .map(|(ws, chunk)| f(self, ws, chunk))
+                .collect()
+        };
+        self.pool
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(workspaces);
+        results
+    }
+
+    /// Parameters of layer l's conditioner.
+    fn layer_params<'a>(&self, params: &'a [T], layer: usize) -> &'a [T] {
+        let n = self.net.param_len();
+        &params[layer * n..(layer + 1) * n]
+    }
+
+    /// (frozen, active) sites of layer l.
+    fn layer_sites(&self, layer: usize) -> (&[u32], &[u32]) {
+        (
+            self.stencil.parity_sites(layer % 2),
+            self.stencil.parity_sites(layer % 2 + 1),
+        )
+    }
+
+    /// Field slot of layer l's input and its activation slot; without `save` two field slots
+    /// and one activation slot are reused (they stay in cache).
+    fn slots(&self, layer: usize, save: bool) -> (usize, usize, usize) {
+        if save {
+            (layer, layer + 1, layer)
+        } else {
+            (layer % 2, (layer + 1) % 2, 0)
+        }
+    }
+
+    /// Loads `chunk` (`[n, V]`) into field slot 0 of `ws` (`[V, n]`), setting `ws.lanes = n`.
+    fn load(&self, ws: &mut Workspace<T>, chunk: &[T]) {
+        let v = self.volume();
+        let n = chunk.len() / v;
+        ws.lanes = n;
+        let field = &mut ws.fields[..v * n];
+        for (b, config) in chunk.chunks_exact(v).enumerate() {
+            for (s, &value) in config.iter().enumerate() {
+                field[s * n + b] = value;
+            }
+        }
+        ws.log_det[..n].fill(0.0);
+    }
+
+    /// Writes m = field on the frozen sites, 0 on the active sites, into `masked`.
+    fn mask(&self, field: &[T], frozen: &[u32], lanes: usize, masked: &mut [T]) {
+        masked.fill(T::ZERO);
+        for &site in frozen {
+            let r = site as usize * lanes..(site as usize + 1) * lanes;
+            masked[r.clone()].copy_from_slice(&field[r]);
+        }
+    }
+
+    /// Forward pass of one chunk through every layer (saving every layer's input and
+    /// activations when `save`).
+    fn chunk_forward(&self, ws: &mut Workspace<T>, chunk: &[T], save: bool) {
+        self.load(ws, chunk);
+        let (v, n) = (self.volume(), ws.lanes);
+        let plane = v * n;
+        for l in 0..self.config.layers {
+            let (slot_in, slot_out, slot_act) = self.slots(l, save);
+            let (frozen, active) = self.layer_sites(l);
+            let (input, output) = two_slots(&mut ws.fields, plane, slot_in, slot_out);
+            output.copy_from_slice(input);
+            self.mask(input, frozen, n, &mut ws.masked[..plane]);
+            let acts = &mut ws.activations[slot_act];
+            self.net.forward(
+                &self.stencil,
+                self.layer_params(&self.params, l),
+                &ws.masked[..plane],
+                n,
+                active,
+                acts_view(acts, &self.net, plane),
+            );
+            let st = &acts[acts.len() - 1];
+            let (s, t) = st[..2 * plane].split_at(plane);
+            for &site in active {
+                let r = site as usize * n..(site as usize + 1) * n;
+                coupling::forward(
+                    &mut output[r.clone()],
+                    &s[r.clone()],
+                    &t[r],
+                    &mut ws.log_det[..n],
+                );
+            }
+        }
+    }
+
+    /// Final field and log-dets of a chunk in `[n, V]` / `[n]` order.
+    fn store_output(&self, ws: &Workspace<T>, save: bool) -> (Vec<T>, Vec<f64>) {
+        let layers = self.config.layers;
+        let slot = self.slots(layers - 1, save).1;
+        (self.unload(ws, slot), ws.log_det[..ws.lanes].to_vec())
+    }
+
+    /// Field slot `slot` of `ws` as `[n, V]`.
+    fn unload(&self, ws: &Workspace<T>, slot: usize) -> Vec<T> {
+        let (v, n) = (self.volume(), ws.lanes);
+        let field = &ws.fields[slot * v * n..(slot + 1) * v * n];
+        let mut out = vec![T::ZERO; v * n];
+        for (b, config) in out.chunks_exact_mut(v).enumerate() {
+            for (s, value) in config.iter_mut().enumerate() {
+                *value = field[s * n + b];
+            }
+        }
+        out
+    }
+
+    /// Inverse pass of one chunk: layers in reverse, x = (y - t) e^(-s) on active sites.
+    fn chunk_inverse(&self, ws: &mut Workspace<T>, chunk: &[T]) -> (Vec<T>, Vec<f64>) {
+        self.load(ws, chunk);
+        let (v, n) = (self.volume(), ws.lanes);
+        let plane = v * n;
+        let mut slot = 0;
+        for l in (0..self.config.layers).rev() {
+            let (frozen, active) = self.layer_sites(l);
+            let (input, output) = two_slots(&mut ws.fields, plane, slot, 1 - slot);
+            output.copy_from_slice(input);
+            self.mask(input, frozen, n, &mut ws.masked[..plane]);
+            let acts = &mut ws.activations[0];
+            self.net.forward(
+                &self.stencil,
+                self.layer_params(&self.params, l),
+                &ws.masked[..plane],
+                n,
+                active,
+                acts_view(acts, &self.net, plane),
+            );
+            let st = &acts[acts.len() - 1];
+            let (s, t) = st[..2 * plane].split_at(plane);
+            for &site in active {
+                let r = site as usize * n..(site as usize + 1) * n;
+                coupling::inverse(
+                    &mut output[r.clone()],
+                    &s[r.clone()],
+                    &t[r],
+                    &mut ws.log_det[..n],
+                );
+            }
+            slot = 1 - slot;
+        }
+        (self.unload(ws, slot), ws.log_det[..n].to_vec())
+    }
+
+    /// Backward pass of one chunk after `chunk_forward(.., save = true)`: on entry
+    /// `ws.grad_field` holds dL/dx of the flow's output; `log_det_weight` is the coefficient
+    /// c of sum_l log|det J_l| in L. Leaves dL/d params (of this chunk) in `ws.grad_params`
+    /// and dL/dz in `ws.grad_field`.
+    fn chunk_backward(&self, ws: &mut Workspace<T>, weights_t: &[T], log_det_weight: T) {
+        let (v, n) = (self.volume(), ws.lanes);
+        let plane = v * n;
+        ws.grad_params.fill(T::ZERO);
+        let np = self.net.param_len();
+        for l in (0..self.config.layers).rev() {
+            let (frozen, active) = self.layer_sites(l);
+            let input = &ws.fields[l * plane..(l + 1) * plane];
+            let acts = &ws.activations[l];
+            let st = &acts[acts.len() - 1];
+            let s = &st[..plane];
+            let grad_st = &mut ws.grad_st[..2 * plane];
+            grad_st.fill(T::ZERO);
+            let (grad_s, grad_t) = grad_st.split_at_mut(plane);
+            let grad_field = &mut ws.grad_field[..plane];
+            for &site in active {
+                let r = site as usize * n..(site as usize + 1) * n;
+                coupling::backward(
+                    &mut grad_field[r.clone()],
+                    &input[r.clone()],
+                    &s[r.clone()],
+                    log_det_weight,
+                    &mut grad_s[r.clone()],
+                    &mut grad_t[r],
+                );
+            }
+            self.mask(input, frozen, n, &mut ws.masked[..plane]);
+            self.net.backward(
+                &self.stencil,
+                &weights_t[l * np..(l + 1) * np],
+                &ws.masked[..plane],
+                acts,
+                grad_st,
+                n,
+                active,
+                frozen,
+                &mut ws.grad_params[l * np..(l + 1) * np],
+                grad_field,
+                &mut ws.scratch,
+            );
+        }
+    }
+
+    /// Forward with saved activations, target action and force, and backward for the reverse
+    /// KL loss L = (1/B) sum_b [log q(x_b) + S(x_b)] of one chunk (B = `batch`). Returns
+    /// (S, log|det J|) per sample; the chunk's gradient is left in `ws.grad_params`.
+    fn chunk_reverse_kl(
+        &self,
+        ws: &mut Workspace<T>,
+        chunk: &[T],
+        target: &dyn boltzflow_targets::Target,
+        weights_t: &[T],
+        batch: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        self.chunk_forward(ws, chunk, true);
+        let (v, n) = (self.volume(), ws.lanes);
+        let layers = self.config.layers;
+        let inv_batch = 1.0 / batch as f64;
+        let mut actions = Vec::with_capacity(n);
+        {
+            let Workspace {
+                fields,
+                grad_field,
+                x64,
+                force,
+                ..
+            } = ws;
+            let x = &fields[layers * v * n..(layers + 1) * v * n];
+            for b in 0..n {
+                for s in 0..v {
+                    x64[s] = x[s * n + b].to_f64();
+                }
+                actions.push(target.force(x64, force));
+                // dL/dx = (1/B) dS/dx = -(1/B) force
+                for s in 0..v {
+                    grad_field[s * n + b] = T::from_f64(-force[s] * inv_batch);
+                }
+            }
+        }
+        self.chunk_backward(ws, weights_t, T::from_f64(-inv_batch));
+        (actions, ws.log_det[..n].to_vec())
+    }
+
+    /// Transposed conv kernels of every layer (for the backward pass), `[params().len()]`.
+    pub(crate) fn transposed_weights(&self) -> Vec<T> {
+        let mut weights_t = vec![T::ZERO; self.params.len()];
+        let np = self.net.param_len();
+        for l in 0..self.config.layers {
+            self.net.transpose_weights(
+                &self.params[l * np..(l + 1) * np],
+                &mut weights_t[l * np..(l + 1) * np],
+            );
+        }
+        weights_t
+    }
+
+    /// Reverse-KL loss pieces and gradient for the prior draws `z` (`[B, V]`):
+    /// returns (S, log|det J|) per sample and dL/d params, L = (1/B) sum_b [log q + S].
+    pub(crate) fn reverse_kl_gradient(
+        &self,
+        z: &[T],
+        target: &dyn boltzflow_targets::Target,
+        grad: &mut [T],
+    ) -> (Vec<f64>, Vec<f64>) {
+        let batch = z.len() / self.volume();
+        let weights_t = self.transposed_weights();
+        let results = self.map_chunks(z, |flow, ws, chunk| {
+            let out = flow.chunk_reverse_kl(ws, chunk, target, &weights_t, batch);
+            (out, ws.grad_params.clone())
+        });
+        grad.fill(T::ZERO);
+        let (mut actions, mut log_det) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
+        for ((s, ld), g) in results {
+            actions.extend(s);
+            log_det.extend(ld);
+            for (acc, g) in grad.iter_mut().zip(g) {
+                *acc += g;
+            }
+        }
+        (actions, log_det)
+    }
+}
+
+/// Two distinct field slots of length `plane`: (slot a, slot b) as (shared, mutable).
+fn two_slots<T>(fields: &mut [T], plane: usize, a: usize, b: usize) -> (&[T], &mut [T]) {
+    debug_assert_ne!(a, b);
+    if a < b {
+        let (lo, hi) = fields.split_at_mut(b * plane);
+        (&lo[a * plane..(a + 1) * plane], &mut hi[..plane])
+    } else {
+        let (lo, hi) = fields.split_at_mut(a * plane);
+        (&hi[..plane], &mut lo[b * plane..(b + 1) * plane])
+    }
+}
+
+/// The activation buffers trimmed to the chunk's lane count (`[c_out_i, V, lanes]` each).
+fn acts_view<'a, T: Real>(acts: &'a mut [Vec<T>], net: &ConvNet, plane: usize) -> &'a mut [Vec<T>] {
+    for (a, conv) in acts.iter_mut().zip(net.convs()) {
+        a.resize(conv.c_out * plane, T::ZERO);
+    }
+    acts
+}

@@ -1,0 +1,299 @@
+//! Reverse-KL training of an [`AffineFlow`] with Adam, and the metrics of a step.
+//!
+//! Loss (Albergo et al. 2021, eq. 14), with the reparameterised gradient through x = f(z):
+//!
+//! ```text
+//! L = (1/B) sum_b [log q(x_b) + S(x_b)],   log q(x) = log N(z) - sum_l log|det J_l|
+//! dL/dtheta = (1/B) sum_b [dS/dx . dx/dtheta - sum_l d log|det J_l| / dtheta]
+//! ```
+//!
+//! (z is fixed noise, so log N(z) carries no gradient; dS/dx = -force comes from the target in
+//! f64). L estimates KL(q || p) - ln Z. Metrics use the log weights log w = -S - log q in f64.
+
+use boltzflow_targets::Target;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::flow::AffineFlow;
+use crate::real::Real;
+use crate::{FlowError, Result};
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_beta1() -> f64 {
+    0.9
+}
+fn default_beta2() -> f64 {
+    0.999
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+/// Adam hyper-parameters (Kingma & Ba 2014; PyTorch defaults) and optional clipping.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdamConfig {
+    /// Learning rate (default 1e-3).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Decay of the first moment (default 0.9).
+    #[serde(default = "default_beta1")]
+    pub beta1: f64,
+    /// Decay of the second moment (default 0.999).
+    #[serde(default = "default_beta2")]
+    pub beta2: f64,
+    /// Denominator offset (default 1e-8).
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// Rescale the gradient to this global L2 norm when it is larger (default: no clipping).
+    #[serde(default)]
+    pub grad_clip: Option<f64>,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        Self {
+            lr: default_lr(),
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            grad_clip: None,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// Checks lr > 0, 0 <= beta < 1, eps > 0, grad_clip > 0.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |name, value: f64, fix| {
+            Err(FlowError::InvalidConfig {
+                name,
+                value: value.to_string(),
+                fix,
+            })
+        };
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return bad(
+                "lr",
+                self.lr,
+                "the learning rate must be positive, e.g. 1e-3",
+            );
+        }
+        for (name, beta) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return bad(name, beta, "Adam's betas lie in [0, 1), e.g. 0.9 and 0.999");
+            }
+        }
+        if !(self.eps > 0.0) {
+            return bad("eps", self.eps, "eps must be positive, e.g. 1e-8");
+        }
+        if let Some(c) = self.grad_clip
+            && !(c > 0.0)
+        {
+            return bad(
+                "grad_clip",
+                c,
+                "the clipping norm must be positive (or omit it)",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Adam with bias correction; moments kept in f64:
+///
+/// ```text
+/// m <- beta1 m + (1 - beta1) g,   v <- beta2 v + (1 - beta2) g^2
+/// theta <- theta - lr mhat / (sqrt(vhat) + eps),  mhat = m/(1 - beta1^t), vhat = v/(1 - beta2^t)
+/// ```
+#[derive(Clone, Debug)]
+pub struct Adam {
+    config: AdamConfig,
+    m: Vec<f64>,
+    v: Vec<f64>,
+    t: u64,
+}
+
+impl Adam {
+    /// Adam for `n` parameters.
+    pub fn new(config: AdamConfig, n: usize) -> Result<Self> {
+        config.validate()?;
+        Ok(Self {
+            config,
+            m: vec![0.0; n],
+            v: vec![0.0; n],
+            t: 0,
+        })
+    }
+
+    /// Steps taken.
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// One update of `params` along `grad` (clipped to `grad_clip` first); returns the
+    /// gradient's L2 norm before clipping.
+    pub fn step<T: Real>(&mut self, params: &mut [T], grad: &[T]) -> f64 {
+        let norm = grad.iter().map(|g| g.to_f64().powi(2)).sum::<f64>().sqrt();
+        let scale = match self.config.grad_clip {
+            Some(c) if norm > c => c / norm,
+            _ => 1.0,
+        };
+        self.t += 1;
+        let AdamConfig {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            ..
+        } = self.config;
+        let c1 = 1.0 - beta1.powi(self.t as i32);
+        let c2 = 1.0 - beta2.powi(self.t as i32);
+        for (((p, &g), m), v) in params
+            .iter_mut()
+            .zip(grad)
+            .zip(&mut self.m)
+            .zip(&mut self.v)
+        {
+            let g = g.to_f64() * scale;
+            *m = beta1 * *m + (1.0 - beta1) * g;
+            *v = beta2 * *v + (1.0 - beta2) * g * g;
+            let update = lr * (*m / c1) / ((*v / c2).sqrt() + eps);
+            *p = T::from_f64(p.to_f64() - update);
+        }
+        norm
+    }
+}
+
+/// What one training step reports.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Step number (1 for the first).
+    pub step: u64,
+    /// L = mean of log q + S over the batch (an estimate of KL(q || p) - ln Z).
+    pub loss: f64,
+    /// Standard error of `loss` (sample std / sqrt(B)).
+    pub loss_err: f64,
+    /// ESS / N of the batch's importance weights.
+    pub ess_fraction: f64,
+    /// Estimated acceptance of independence Metropolis with these proposals
+    /// ([`mh_acceptance`]).
+    pub acceptance: f64,
+    /// L2 norm of the gradient before clipping.
+    pub grad_norm: f64,
+}
+
+/// Estimate of the stationary acceptance rate of independence Metropolis-Hastings with
+/// proposals from q, from the log weights of N independent draws of q:
+///
+/// ```text
+/// P(accept) = E_{x~p, x'~q} min(1, w(x')/w(x)) = E_{q x q}[min(w, w')] / E_q[w]
+///           ~ [sum_{i != j} min(w_i, w_j) / (N (N - 1))] / [sum_i w_i / N]
+///           = 2 sum_k (N - 1 - k) w_(k) / ((N - 1) sum_i w_i)   (w_(k) ascending)
+/// ```
+///
+/// A ratio estimator (consistent, no extra randomness); 1 for equal weights. NaN for N < 2.
+pub fn mh_acceptance(log_w: &[f64]) -> f64 {
+    let n = log_w.len();
+    if n < 2 || log_w.iter().any(|l| l.is_nan()) {
+        return f64::NAN;
+    }
+    let mut sorted = log_w.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let max = sorted[n - 1];
+    if !max.is_finite() {
+        return f64::NAN;
+    }
+    let (mut pairs, mut total) = (0.0, 0.0);
+    for (k, l) in sorted.iter().enumerate() {
+        let w = (l - max).exp();
+        pairs += (n - 1 - k) as f64 * w;
+        total += w;
+    }
+    2.0 * pairs / ((n - 1) as f64 * total)
+}
+
+/// A flow with its optimiser: reverse-KL training by Adam.
+#[derive(Debug)]
+pub struct Trainer<T: Real = f32> {
+    /// The flow being trained.
+    pub flow: AffineFlow<T>,
+    adam: Adam,
+    grad: Vec<T>,
+}
+
+impl<T: Real> Trainer<T> {
+    /// A trainer for `flow` with Adam `config`.
+    pub fn new(flow: AffineFlow<T>, config: AdamConfig) -> Result<Self> {
+        let n = flow.params().len();
+        Ok(Self {
+            adam: Adam::new(config, n)?,
+            grad: vec![T::ZERO; n],
+            flow,
+        })
+    }
+
+    /// The gradient of the last step (before clipping), `[params().len()]`.
+    pub fn gradient(&self) -> &[T] {
+        &self.grad
+    }
+
+    /// Loss pieces and gradient without an update: draws `batch` prior samples from `rng`
+    /// and returns (S, log q) per sample; the gradient dL/dtheta lands in [`Trainer::gradient`].
+    pub fn reverse_kl_gradient<R: Rng + ?Sized>(
+        &mut self,
+        target: &dyn Target,
+        batch: usize,
+        rng: &mut R,
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let shape = self.flow.config().shape;
+        if target.shape() != shape {
+            return Err(FlowError::TargetMismatch {
+                theory: target.theory(),
+                target: target.shape(),
+                flow: shape,
+            });
+        }
+        if batch < 2 {
+            return Err(FlowError::InvalidConfig {
+                name: "batch",
+                value: batch.to_string(),
+                fix: "use a batch of at least 2 samples (64 in the tutorial)",
+            });
+        }
+        let z = self.flow.draw_prior(batch, rng);
+        let (actions, log_det) = self.flow.reverse_kl_gradient(&z, target, &mut self.grad);
+        let v = self.flow.volume();
+        let log_q = z
+            .chunks_exact(v)
+            .zip(&log_det)
+            .map(|(z, ld)| AffineFlow::<T>::log_prior(z) - ld)
+            .collect();
+        Ok((actions, log_q))
+    }
+
+    /// One reverse-KL step on a batch of `batch` fresh samples, then an Adam update.
+    pub fn reverse_kl_step<R: Rng + ?Sized>(
+        &mut self,
+        target: &dyn Target,
+        batch: usize,
+        rng: &mut R,
+    ) -> Result<StepMetrics> {
+        let (actions, log_q) = self.reverse_kl_gradient(target, batch, rng)?;
+        let log_w: Vec<f64> = actions.iter().zip(&log_q).map(|(s, lq)| -s - lq).collect();
+        let n = log_w.len() as f64;
+        let loss = -log_w.iter().sum::<f64>() / n;
+        let var = log_w.iter().map(|l| (l + loss).powi(2)).sum::<f64>() / (n - 1.0);
+        let grad_norm = self.adam.step(self.flow.params_mut(), &self.grad);
+        Ok(StepMetrics {
+            step: self.adam.steps(),
+            loss,
+            loss_err: (var / n).sqrt(),
+            ess_fraction: boltzflow_stats::ess_fraction(&log_w),
+            acceptance: mh_acceptance(&log_w),
+            grad_norm,
+        })
+    }
+}
