@@ -630,3 +630,325 @@ fn acts_view<'a, T: Real>(acts: &'a mut [Vec<T>], net: &ConvNet, plane: usize) -
     }
     acts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use boltzflow_targets::phi4::{Phi4, Phi4Spec};
+
+    fn config(shape: [usize; 2], layers: usize, seed: u64) -> AffineFlowConfig {
+        AffineFlowConfig {
+            layers,
+            ..AffineFlowConfig::tutorial(shape, seed)
+        }
+    }
+
+    /// A flow with its default init scaled by `scale`, so that s and t are far from 0.
+    fn scaled_flow<T: Real>(config: &AffineFlowConfig, scale: f64) -> AffineFlow<T> {
+        let mut flow = AffineFlow::<T>::new(config).unwrap();
+        for p in flow.params_mut() {
+            *p = T::from_f64(p.to_f64() * scale);
+        }
+        flow
+    }
+
+    fn rng(seed: u64) -> Xoshiro256PlusPlus {
+        Xoshiro256PlusPlus::seed_from_u64(seed)
+    }
+
+    /// Shifts every configuration of `x` (`[batch, L0, L1]`) by (dy, dx) periodically.
+    fn shift<T: Copy>(x: &[T], shape: [usize; 2], dy: usize, dx: usize) -> Vec<T> {
+        let [l0, l1] = shape;
+        let mut out = x.to_vec();
+        for (src, dst) in x.chunks_exact(l0 * l1).zip(out.chunks_exact_mut(l0 * l1)) {
+            for y in 0..l0 {
+                for xx in 0..l1 {
+                    dst[((y + dy) % l0) * l1 + (xx + dx) % l1] = src[y * l1 + xx];
+                }
+            }
+        }
+        out
+    }
+
+    /// log|det A| of a dense n x n matrix by LU with partial pivoting.
+    fn log_abs_det(mut a: Vec<f64>, n: usize) -> f64 {
+        let mut log_det = 0.0;
+        for col in 0..n {
+            let pivot = (col..n)
+                .max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))
+                .unwrap();
+            for k in 0..n {
+                a.swap(col * n + k, pivot * n + k);
+            }
+            let d = a[col * n + col];
+            log_det += d.abs().ln();
+            for row in col + 1..n {
+                let f = a[row * n + col] / d;
+                for k in col..n {
+                    a[row * n + k] -= f * a[col * n + k];
+                }
+            }
+        }
+        log_det
+    }
+
+    /// The tutorial flow (16 layers, L = 8) with init scaled by 1.5 (log-dets ~ 20, |x| ~ 6):
+    /// inverse(forward(z)) = z to
+    /// 1e-5 (relative to 1 + |z|) in f32 and forward + inverse log-dets cancel; in f64 both hold
+    /// to 1e-12. The batch
+    /// of 40 is one full chunk plus a ragged one.
+    #[test]
+    fn inverse_undoes_forward() {
+        let cfg = config([8, 8], 16, 1);
+        let flow32 = scaled_flow::<f32>(&cfg, 1.5);
+        let flow64 = flow32.cast::<f64>();
+        let z32 = flow32.draw_prior(40, &mut rng(2));
+        let (x, ld) = flow32.forward(&z32).unwrap();
+        let (z_back, ld_inv) = flow32.inverse(&x).unwrap();
+        let max_x = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let spread = ld.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        assert!(
+            spread > 5.0,
+            "log-dets {spread} too small for a non-trivial test"
+        );
+        let worst = z_back
+            .iter()
+            .zip(&z32)
+            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+            .fold(0.0f32, f32::max);
+        eprintln!("round trip: worst {worst}, max |x| {max_x}, log-dets up to {spread}");
+        assert!(
+            worst < 1e-5,
+            "f32 round trip off by {worst} (max |x| {max_x})"
+        );
+        for (f, i) in ld.iter().zip(&ld_inv) {
+            assert!((f + i).abs() < 1e-4 * (1.0 + f.abs()), "{f} + {i}");
+        }
+        let z64: Vec<f64> = z32.iter().map(|&v| v as f64).collect();
+        let (x64, ld64) = flow64.forward(&z64).unwrap();
+        let (z64_back, ld64_inv) = flow64.inverse(&x64).unwrap();
+        for (a, b) in z64_back.iter().zip(&z64) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        for (f, i) in ld64.iter().zip(&ld64_inv) {
+            assert!((f + i).abs() < 1e-12 * (1.0 + f.abs()));
+        }
+        // The f32 hot path agrees with the f64 evaluation of the same parameters.
+        for (a, b) in x.iter().zip(&x64) {
+            assert!(
+                ((*a as f64) - b).abs() < 1e-4 * (1.0 + b.abs()),
+                "{a} vs {b}"
+            );
+        }
+        for (a, b) in ld.iter().zip(&ld64) {
+            assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// Forward log-det against log|det| of the central-difference Jacobian (f64, 4x4 lattice,
+    /// 4 layers, init scaled by 3), and log_prob(sample) = the sample's log q.
+    #[test]
+    fn log_det_matches_numerical_jacobian() {
+        let cfg = config([4, 4], 4, 3);
+        let flow = scaled_flow::<f64>(&cfg, 3.0);
+        let v = flow.volume();
+        let z = flow.draw_prior(3, &mut rng(4));
+        let (_, log_det) = flow.forward(&z).unwrap();
+        let h = 1e-5;
+        for (b, z_b) in z.chunks_exact(v).enumerate() {
+            let mut jacobian = vec![0.0; v * v];
+            for j in 0..v {
+                let mut up = z_b.to_vec();
+                up[j] += h;
+                let mut down = z_b.to_vec();
+                down[j] -= h;
+                let (x_up, _) = flow.forward(&up).unwrap();
+                let (x_down, _) = flow.forward(&down).unwrap();
+                for i in 0..v {
+                    jacobian[i * v + j] = (x_up[i] - x_down[i]) / (2.0 * h);
+                }
+            }
+            let numeric = log_abs_det(jacobian, v);
+            assert!(log_det[b].abs() > 1.0);
+            assert!(
+                (numeric - log_det[b]).abs() < 1e-7,
+                "{numeric} vs {}",
+                log_det[b]
+            );
+        }
+        let (x, log_q) = flow.sample(5, &mut rng(5));
+        for (a, b) in flow.log_prob(&x).unwrap().iter().zip(&log_q) {
+            assert!((a - b).abs() < 1e-10 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+
+    /// Shifting z by (1, 1) (which maps each checkerboard onto itself) shifts x = f(z) and
+    /// keeps the log-det: the periodic conv net is translation equivariant. A shift by (0, 1)
+    /// swaps the parities and must change the output.
+    #[test]
+    fn flow_is_translation_equivariant() {
+        let shape = [4, 6];
+        let flow = scaled_flow::<f64>(&config(shape, 4, 6), 2.0);
+        let z = flow.draw_prior(3, &mut rng(7));
+        let (x, ld) = flow.forward(&z).unwrap();
+        let (x_shifted, ld_shifted) = flow.forward(&shift(&z, shape, 1, 1)).unwrap();
+        for (a, b) in x_shifted.iter().zip(&shift(&x, shape, 1, 1)) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        for (a, b) in ld.iter().zip(&ld_shifted) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        let (x_odd, _) = flow.forward(&shift(&z, shape, 0, 1)).unwrap();
+        let differs = x_odd
+            .iter()
+            .zip(&shift(&x, shape, 0, 1))
+            .any(|(a, b)| (a - b).abs() > 1e-3);
+        assert!(differs);
+    }
+
+    /// The conditioner alone is equivariant under every lattice translation.
+    #[test]
+    fn conditioner_is_translation_equivariant() {
+        let shape = [4, 6];
+        let flow = scaled_flow::<f64>(&config(shape, 1, 8), 2.0);
+        let (v, lanes) = (flow.volume(), 3);
+        let m = flow.draw_prior(lanes, &mut rng(9));
+        let to_lanes = |x: &[f64]| {
+            let mut out = vec![0.0; x.len()];
+            for b in 0..lanes {
+                for s in 0..v {
+                    out[s * lanes + b] = x[b * v + s];
+                }
+            }
+            out
+        };
+        let run = |m: &[f64]| {
+            let mut acts = flow.net.activations::<f64>(v, lanes);
+            let all = flow.stencil.all_sites();
+            flow.net.forward(
+                &flow.stencil,
+                flow.params(),
+                &to_lanes(m),
+                lanes,
+                all,
+                &mut acts,
+            );
+            // back to [channel * lanes, V] so that `shift` applies per (channel, sample)
+            let out = &acts[acts.len() - 1];
+            let mut maps = vec![0.0; out.len()];
+            for c in 0..2 {
+                for b in 0..lanes {
+                    for s in 0..v {
+                        maps[(c * lanes + b) * v + s] = out[(c * v + s) * lanes + b];
+                    }
+                }
+            }
+            maps
+        };
+        let out = run(&m);
+        let out_shifted = run(&shift(&m, shape, 0, 1));
+        for (a, b) in out_shifted.iter().zip(&shift(&out, shape, 0, 1)) {
+            assert!((a - b).abs() < 1e-13);
+        }
+    }
+
+    /// Reverse-KL gradient against central differences of the loss
+    /// L(theta) = (1/B) sum_b [log N(z_b) - log|det J| + S(x_b)] at fixed z (f64, 4x4,
+    /// 4 layers, phi^4 at m2 = -4, lam = 8): for every parameter group the directional
+    /// derivative along two random directions, and 3 single components per group.
+    #[test]
+    fn gradient_matches_finite_differences() {
+        let shape = [4, 4];
+        let flow = scaled_flow::<f64>(&config(shape, 4, 10), 1.5);
+        let target = Phi4::new(&Phi4Spec {
+            shape: vec![4, 4],
+            m2: Some(-4.0),
+            lam: Some(8.0),
+            kappa: None,
+            lam_h: None,
+        })
+        .unwrap();
+        let v = flow.volume();
+        let mut r = rng(11);
+        let z = flow.draw_prior(5, &mut r);
+        let mut grad = vec![0.0; flow.params().len()];
+        flow.reverse_kl_gradient(&z, &target, &mut grad);
+        let loss = |params: &[f64]| {
+            let mut f = flow.clone();
+            f.params_mut().copy_from_slice(params);
+            let (x, ld) = f.forward(&z).unwrap();
+            let mut sum = 0.0;
+            for ((x, z), ld) in x.chunks_exact(v).zip(z.chunks_exact(v)).zip(&ld) {
+                sum += AffineFlow::<f64>::log_prior(z) - ld
+                    + boltzflow_targets::Target::action(&target, x);
+            }
+            sum / 5.0
+        };
+        let theta = flow.params().to_vec();
+        let h = 1e-6;
+        let directional = |u: &[f64]| {
+            let up: Vec<f64> = theta.iter().zip(u).map(|(t, u)| t + h * u).collect();
+            let down: Vec<f64> = theta.iter().zip(u).map(|(t, u)| t - h * u).collect();
+            (loss(&up) - loss(&down)) / (2.0 * h)
+        };
+        assert_eq!(flow.param_groups().len(), 4 * 6);
+        for group in flow.param_groups() {
+            let mut checks = Vec::new();
+            for _ in 0..2 {
+                let mut u = vec![0.0; theta.len()];
+                for i in group.range.clone() {
+                    u[i] = r.random::<f64>() * 2.0 - 1.0;
+                }
+                checks.push(u);
+            }
+            for k in 0..3 {
+                let mut u = vec![0.0; theta.len()];
+                u[group.range.start + (k * 7) % group.range.len()] = 1.0;
+                checks.push(u);
+            }
+            for u in checks {
+                let analytic: f64 = grad.iter().zip(&u).map(|(g, u)| g * u).sum();
+                let numeric = directional(&u);
+                assert!(
+                    (analytic - numeric).abs() < 1e-6 * (1.0 + numeric.abs()),
+                    "{}: analytic {analytic} vs numeric {numeric}",
+                    group.name
+                );
+            }
+        }
+        // The f32 hot path gives the same gradient to f32 accuracy.
+        let flow32 = flow.cast::<f32>();
+        let z32: Vec<f32> = z.iter().map(|&v| v as f32).collect();
+        let mut grad32 = vec![0.0f32; grad.len()];
+        flow32.reverse_kl_gradient(&z32, &target, &mut grad32);
+        let norm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
+        let diff = grad
+            .iter()
+            .zip(&grad32)
+            .map(|(a, &b)| (a - b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            diff < 1e-4 * norm,
+            "f32 gradient off by {diff} (norm {norm})"
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_errors() {
+        let flow = AffineFlow::<f32>::new(&config([4, 4], 2, 0)).unwrap();
+        let message = flow.forward(&[0.0; 17]).unwrap_err().to_string();
+        assert!(
+            message.contains("17") && message.contains("16"),
+            "{message}"
+        );
+        assert!(flow.inverse(&[0.0; 15]).is_err());
+        assert!(AffineFlow::<f32>::new(&config([4, 4], 0, 0)).is_err());
+        assert!(AffineFlow::<f32>::new(&config([5, 4], 2, 0)).is_err());
+        let text = r#"{"shape": [8, 8], "seed": 1, "layer": 3}"#;
+        assert!(serde_json::from_str::<AffineFlowConfig>(text).is_err());
+        let text = r#"{"shape": [8, 8], "seed": 1}"#;
+        let parsed: AffineFlowConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(parsed, AffineFlowConfig::tutorial([8, 8], 1));
+    }
+}

@@ -115,6 +115,12 @@ pub trait Target: Send + Sync {
     fn exact(&self) -> BTreeMap<String, f64> {
         BTreeMap::new()
     }
+
+    /// Exact values of vector observables, keyed like [`Target::vector_observables`]
+    /// (the free field's `g` and `c_t`). Empty when none are known.
+    fn exact_vectors(&self) -> BTreeMap<String, Vec<f64>> {
+        BTreeMap::new()
+    }
 }
 
 /// A scalar function of one configuration.

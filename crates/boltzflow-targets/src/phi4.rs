@@ -407,6 +407,22 @@ impl crate::Target for Phi4 {
         }
         exact
     }
+
+    /// Free field only: `g` = G(x) for every x, and `c_t` = C(t) = sum over the slice x0 = t
+    /// of G(x).
+    fn exact_vectors(&self) -> BTreeMap<String, Vec<f64>> {
+        let mut exact = BTreeMap::new();
+        if self.lam != 0.0 || self.m2 <= 0.0 {
+            return exact;
+        }
+        let shape = self.lattice.shape();
+        let g = free_field_propagator(shape, self.m2);
+        let slice = self.lattice.volume() / shape[0];
+        let c_t = g.chunks_exact(slice).map(|s| s.iter().sum()).collect();
+        exact.insert("g".to_string(), g);
+        exact.insert("c_t".to_string(), c_t);
+        exact
+    }
 }
 
 /// G(x) = (1/V) sum_y phi(y) phi(y+x), computed through lattice Fourier transforms.
@@ -772,5 +788,25 @@ mod tests {
         let both = "theory = \"phi4\"\nshape = [8, 8]\nm2 = -4.0\nlam = 8.0\nkappa = 0.2\n";
         let message = LatticeFile::parse(both).unwrap_err().to_string();
         assert!(message.contains("kappa"), "{message}");
+    }
+
+    #[test]
+    fn exact_vectors_are_consistent_with_the_scalars() {
+        let target = Phi4::new(&spec(&[6, 4], 0.7, 0.0)).unwrap();
+        let (scalars, vectors) = (target.exact(), target.exact_vectors());
+        let (g, c_t) = (&vectors["g"], &vectors["c_t"]);
+        assert_eq!((g.len(), c_t.len()), (24, 6));
+        assert!((c_t.iter().sum::<f64>() - scalars["chi2"]).abs() < 1e-12);
+        assert!((g[0] - scalars["g_0"]).abs() < 1e-14);
+        // C(t) = C(L0 - t) on the periodic lattice.
+        for t in 1..6 {
+            assert!((c_t[t] - c_t[6 - t]).abs() < 1e-14);
+        }
+        assert!(
+            Phi4::new(&spec(&[6, 4], -4.0, 8.0))
+                .unwrap()
+                .exact_vectors()
+                .is_empty()
+        );
     }
 }

@@ -45,8 +45,104 @@ pub struct Report {
     /// Action (or force) evaluations per draw, summed over the updates between draws.
     pub action_evals_per_draw: f64,
     pub observables: BTreeMap<String, ObservableReport>,
+    /// Vector observables component by component (`g` = G(x), `c_t` = C(t), histograms), and
+    /// `m_eff` = arccosh[(C(t-1) + C(t+1)) / (2 C(t))] for t = 1 .. L0/2 - 1 where defined.
+    pub vectors: BTreeMap<String, VectorReport>,
     /// Exact values the theory admits, including those not measured here (e.g. ln_z).
     pub exact: BTreeMap<String, f64>,
+}
+
+/// One vector observable's analysis, component by component.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VectorReport {
+    pub mean: Vec<f64>,
+    pub err: Vec<f64>,
+    pub tau_int: Vec<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact: Option<Vec<f64>>,
+    /// (mean - exact) / err per component.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<Vec<f64>>,
+}
+
+impl VectorReport {
+    fn push(&mut self, e: &Estimate) {
+        self.mean.push(e.mean);
+        self.err.push(e.err);
+        self.tau_int.push(e.tau_int);
+    }
+
+    fn compare(&mut self, exact: Option<Vec<f64>>) {
+        if let Some(x) = exact.filter(|x| x.len() == self.mean.len()) {
+            let sigma = self
+                .mean
+                .iter()
+                .zip(&self.err)
+                .zip(&x)
+                .map(|((m, e), x)| if *e > 0.0 { (m - x) / e } else { f64::NAN })
+                .collect();
+            self.sigma = Some(sigma);
+            self.exact = Some(x);
+        }
+    }
+}
+
+/// Effective mass from C(t-1), C(t), C(t+1): arccosh[(C(t-1) + C(t+1)) / (2 C(t))].
+fn effective_mass(c: &[f64]) -> f64 {
+    ((c[0] + c[2]) / (2.0 * c[1])).acosh()
+}
+
+/// Component-wise Gamma-method analysis of a vector observable (`per_chain[chain][draw][k]`),
+/// plus the effective mass when it is the zero-momentum correlator `c_t`.
+fn analyze_vector(
+    name: &str,
+    per_chain: &[Vec<Vec<f64>>],
+    exact: Option<&Vec<f64>>,
+    vectors: &mut BTreeMap<String, VectorReport>,
+) -> Result<()> {
+    let len = per_chain
+        .first()
+        .and_then(|c| c.first())
+        .map_or(0, Vec::len);
+    // components[k][chain] = series of component k on that chain
+    let components: Vec<Vec<Vec<f64>>> = (0..len)
+        .map(|k| {
+            per_chain
+                .iter()
+                .map(|chain| chain.iter().map(|d| d[k]).collect())
+                .collect()
+        })
+        .collect();
+    let mut report = VectorReport::default();
+    for series in &components {
+        let replicas: Vec<&[f64]> = series.iter().map(Vec::as_slice).collect();
+        report.push(&gamma_method(&replicas, S_TAU).with_context(|| format!("vector {name}"))?);
+    }
+    report.compare(exact.cloned());
+    vectors.insert(name.to_string(), report);
+    if name == "c_t" && len >= 4 {
+        let mut m_eff = VectorReport::default();
+        for t in 1..len / 2 {
+            let inputs: Vec<Vec<&[f64]>> = (t - 1..=t + 1)
+                .map(|k| components[k].iter().map(Vec::as_slice).collect())
+                .collect();
+            match gamma_method_derived(&inputs, &effective_mass, S_TAU) {
+                Ok(e) => m_eff.push(&e),
+                Err(_) => break, // C(t) lost in noise: the effective mass is undefined from here
+            }
+        }
+        let exact_m_eff = exact.map(|c| {
+            (1..len / 2)
+                .map(|t| effective_mass(&c[t - 1..=t + 1]))
+                .collect()
+        });
+        let exact_m_eff = exact_m_eff.map(|x: Vec<f64>| x[..m_eff.mean.len()].to_vec());
+        m_eff.compare(exact_m_eff);
+        if !m_eff.mean.is_empty() {
+            vectors.insert("m_eff".to_string(), m_eff);
+        }
+    }
+    Ok(())
 }
 
 /// Analyses an ensemble file.
@@ -123,6 +219,13 @@ pub fn analyze(path: &Path) -> Result<Report> {
             Err(e) => tracing::warn!("{}: {e}", derived.name),
         }
     }
+    let exact_vectors = target.exact_vectors();
+    let mut vectors = BTreeMap::new();
+    for name in reader.vector_names() {
+        let per_chain = reader.vector(&name)?;
+        analyze_vector(&name, &per_chain, exact_vectors.get(&name), &mut vectors)
+            .with_context(|| format!("{}", path.display()))?;
+    }
     Ok(Report {
         file: path.display().to_string(),
         kind: meta.kind.clone(),
@@ -133,6 +236,7 @@ pub fn analyze(path: &Path) -> Result<Report> {
         acceptance,
         action_evals_per_draw,
         observables,
+        vectors,
         exact,
     })
 }
@@ -186,6 +290,34 @@ pub fn print_table(r: &Report) {
             o.rhat.map_or("-".into(), |x| format!("{x:.3}")),
             o.exact.map_or("-".into(), |x| format!("{x:.8}")),
             o.sigma.map_or("-".into(), |s| format!("{s:+.2}")),
+        );
+    }
+    for name in ["c_t", "m_eff"] {
+        let Some(v) = r.vectors.get(name) else {
+            continue;
+        };
+        let first = usize::from(name == "m_eff");
+        for (k, (mean, err)) in v.mean.iter().zip(&v.err).enumerate() {
+            println!(
+                "{:<16} {:>22} {:>14} {:>7} {:>16} {:>8}",
+                format!("{name}({})", k + first),
+                format_value(*mean, *err),
+                format!("{:.2}", v.tau_int[k]),
+                "-",
+                v.exact
+                    .as_ref()
+                    .map_or("-".into(), |x| format!("{:.8}", x[k])),
+                v.sigma
+                    .as_ref()
+                    .map_or("-".into(), |s| format!("{:+.2}", s[k])),
+            );
+        }
+    }
+    if let Some(sigma) = r.vectors.get("g").and_then(|g| g.sigma.as_ref()) {
+        let worst = sigma.iter().fold(0.0f64, |w, s| w.max(s.abs()));
+        println!(
+            "g (G(x), {} components): largest |deviation| from exact {worst:.2} sigma",
+            sigma.len()
         );
     }
     let unmeasured: Vec<String> = r

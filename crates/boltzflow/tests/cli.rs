@@ -188,6 +188,21 @@ fn free_field_hmc_matches_exact_values() {
         );
         assert_eq!(o["exact"].as_f64(), Some(x));
     }
+    // Vector observables: every component of G(x) and C(t), and the effective mass, whose
+    // exact free-field value is arccosh(1 + m2/2) at every t.
+    for name in ["g", "c_t", "m_eff"] {
+        let v = &report["vectors"][name];
+        let sigma = v["sigma"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name}: no exact comparison"));
+        assert!(!sigma.is_empty());
+        for (k, s) in sigma.iter().enumerate() {
+            let s = s.as_f64().unwrap();
+            assert!(s.abs() < 4.0, "{name}[{k}] deviates by {s} sigma");
+        }
+    }
+    let m_eff = report["vectors"]["m_eff"]["exact"][0].as_f64().unwrap();
+    assert!((m_eff - 1.5f64.acosh()).abs() < 1e-12);
     let acceptance = report["acceptance"].as_f64().unwrap();
     assert!(
         acceptance > 0.5 && acceptance <= 1.0,
