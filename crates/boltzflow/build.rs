@@ -18,6 +18,14 @@ fn main() {
         .map(|_| "-dirty")
         .unwrap_or("");
     println!("cargo:rustc-env=BOLTZFLOW_GIT_COMMIT={commit}{dirty}");
+    // Rebuild when the commit or the working tree changes: HEAD, the branch it points to, the
+    // index, and the sources of the workspace's crates.
     println!("cargo:rerun-if-changed=../../.git/HEAD");
     println!("cargo:rerun-if-changed=../../.git/index");
+    if let Ok(head) = std::fs::read_to_string("../../.git/HEAD")
+        && let Some(reference) = head.trim().strip_prefix("ref: ")
+    {
+        println!("cargo:rerun-if-changed=../../.git/{reference}");
+    }
+    println!("cargo:rerun-if-changed=../../crates");
 }

@@ -54,7 +54,7 @@ pub struct Stencil {
 impl Stencil {
     /// The stencil of an odd kernel size `kernel` on a periodic `[L0, L1]` lattice.
     pub fn new(shape: [usize; 2], kernel: usize) -> Result<Self> {
-        if kernel % 2 == 0 {
+        if kernel.is_multiple_of(2) {
             return Err(FlowError::InvalidConfig {
                 name: "kernel",
                 value: kernel.to_string(),

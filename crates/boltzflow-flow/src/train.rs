@@ -86,11 +86,11 @@ impl AdamConfig {
                 return bad(name, beta, "Adam's betas lie in [0, 1), e.g. 0.9 and 0.999");
             }
         }
-        if !(self.eps > 0.0) {
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
             return bad("eps", self.eps, "eps must be positive, e.g. 1e-8");
         }
         if let Some(c) = self.grad_clip
-            && !(c > 0.0)
+            && !(c > 0.0 && c.is_finite())
         {
             return bad(
                 "grad_clip",
@@ -126,6 +126,11 @@ impl Adam {
             v: vec![0.0; n],
             t: 0,
         })
+    }
+
+    /// Changes the learning rate (for schedules); the moments are kept.
+    pub fn set_lr(&mut self, lr: f64) {
+        self.config.lr = lr;
     }
 
     /// Steps taken.
@@ -235,6 +240,11 @@ impl<T: Real> Trainer<T> {
         })
     }
 
+    /// The optimiser (e.g. to change the learning rate with [`Adam::set_lr`]).
+    pub fn adam_mut(&mut self) -> &mut Adam {
+        &mut self.adam
+    }
+
     /// The gradient of the last step (before clipping), `[params().len()]`.
     pub fn gradient(&self) -> &[T] {
         &self.grad
@@ -295,5 +305,108 @@ impl<T: Real> Trainer<T> {
             acceptance: mh_acceptance(&log_w),
             grad_norm,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::flow::AffineFlowConfig;
+    use boltzflow_targets::phi4::{Phi4, Phi4Spec};
+    use rand::{RngExt, SeedableRng};
+    use rand_distr::StandardNormal;
+    use rand_xoshiro::Xoshiro256PlusPlus;
+
+    /// Phi(x) = P(N(0, 1) < x) by Simpson's rule on the density (x <= 0).
+    fn normal_cdf(x: f64) -> f64 {
+        let (a, n) = (-12.0, 20_000);
+        let h = (x - a) / n as f64;
+        let pdf = |t: f64| (-0.5 * t * t).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let mut sum = pdf(a) + pdf(x);
+        for i in 1..n {
+            sum += pdf(a + i as f64 * h) * if i % 2 == 1 { 4.0 } else { 2.0 };
+        }
+        sum * h / 3.0
+    }
+
+    /// For log-normal weights, log w ~ N(0, sigma^2), the stationary independence-Metropolis
+    /// acceptance is 2 Phi(-sigma / sqrt 2). The estimator over 40 independent blocks of 500
+    /// draws matches it within 4 standard errors of the block mean; equal weights give 1.
+    #[test]
+    fn mh_acceptance_matches_log_normal_weights() {
+        assert!((mh_acceptance(&[0.3; 10]) - 1.0).abs() < 1e-12);
+        assert!(mh_acceptance(&[1.0]).is_nan());
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(5);
+        for sigma in [0.5, 1.5] {
+            let exact = 2.0 * normal_cdf(-sigma / 2f64.sqrt());
+            let blocks: Vec<f64> = (0..40)
+                .map(|_| {
+                    let log_w: Vec<f64> = (0..500)
+                        .map(|_| sigma * rng.sample::<f64, _>(StandardNormal) + 3.0)
+                        .collect();
+                    mh_acceptance(&log_w)
+                })
+                .collect();
+            let n = blocks.len() as f64;
+            let mean = blocks.iter().sum::<f64>() / n;
+            let var = blocks.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0);
+            let err = (var / n).sqrt();
+            assert!(
+                (mean - exact).abs() < 4.0 * err,
+                "sigma {sigma}: {mean} +- {err} vs {exact}"
+            );
+        }
+    }
+
+    /// Training on the free field (L = 4, m2 = 4, lam = 0; 8 layers, batch 64, 1000 Adam steps
+    /// at lr 3e-3 then 1e-3 for the last third) by reverse KL reaches ESS/N > 0.9 on 8192 fresh
+    /// samples, and their importance-sampling estimate of ln Z matches the exact ln Z within
+    /// 4 sigma.
+    #[test]
+    fn free_field_training_reaches_exact_ln_z() {
+        let target = Phi4::new(&Phi4Spec {
+            shape: vec![4, 4],
+            m2: Some(4.0),
+            lam: Some(0.0),
+            kappa: None,
+            lam_h: None,
+        })
+        .unwrap();
+        let exact = boltzflow_targets::Target::exact(&target)["ln_z"];
+        let config = AffineFlowConfig {
+            layers: 8,
+            ..AffineFlowConfig::tutorial([4, 4], 21)
+        };
+        let flow = AffineFlow::<f32>::new(&config).unwrap();
+        let adam = AdamConfig {
+            lr: 3e-3,
+            ..AdamConfig::default()
+        };
+        let mut trainer = Trainer::new(flow, adam).unwrap();
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(22);
+        let steps = 1000;
+        for step in 0..steps {
+            if step == steps * 2 / 3 {
+                trainer.adam_mut().set_lr(1e-3);
+            }
+            trainer.reverse_kl_step(&target, 64, &mut rng).unwrap();
+        }
+        let (x, log_q) = trainer.flow.sample(8192, &mut rng);
+        let v = trainer.flow.volume();
+        let log_w: Vec<f64> = x
+            .chunks_exact(v)
+            .zip(&log_q)
+            .map(|(x, lq)| {
+                let x: Vec<f64> = x.iter().map(|&p| p as f64).collect();
+                -boltzflow_targets::Target::action(&target, &x) - lq
+            })
+            .collect();
+        let ess = boltzflow_stats::ess_fraction(&log_w);
+        let (ln_z, err) = boltzflow_stats::ln_z(&log_w).unwrap();
+        assert!(ess > 0.9, "ESS/N {ess}");
+        assert!(
+            (ln_z - exact).abs() < 4.0 * err,
+            "ln Z {ln_z} +- {err} vs exact {exact}"
+        );
     }
 }

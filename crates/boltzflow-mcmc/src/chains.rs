@@ -237,20 +237,27 @@ impl Chains {
                 self.chains.len()
             )));
         }
+        // Parse and check every state before touching any chain, so a bad checkpoint leaves
+        // the chains as they were.
         let dim = self.target.dim();
-        for (chain, state) in self.chains.iter_mut().zip(states) {
+        let mut parsed = Vec::with_capacity(states.len());
+        for state in states {
             if state.x.len() != dim {
                 return Err(McmcError::State(format!(
                     "checkpointed configuration has {} values, the target needs {dim}",
                     state.x.len()
                 )));
             }
-            chain.x.copy_from_slice(&state.x);
-            chain.rng = serde_json::from_str(&state.rng)
+            let rng: ChainRng = serde_json::from_str(&state.rng)
                 .map_err(|e| McmcError::State(format!("generator state: {e}")))?;
             let sampler: serde_json::Value = serde_json::from_str(&state.sampler)
                 .map_err(|e| McmcError::State(format!("sampler state: {e}")))?;
+            parsed.push((rng, sampler));
+        }
+        for ((chain, state), (rng, sampler)) in self.chains.iter_mut().zip(states).zip(parsed) {
             chain.sampler.set_state(&sampler)?;
+            chain.x.copy_from_slice(&state.x);
+            chain.rng = rng;
         }
         Ok(())
     }

@@ -194,13 +194,13 @@ impl Sampler for Hmc {
         let cached = self
             .cached_action
             .filter(|_| self.cached_x.as_slice() == &*x);
-        let mut evals = self.config.n_steps as f64;
+        // The cost is n_steps force evaluations per trajectory in the steady state; the one-off
+        // evaluation after a start or resume is not counted, so a resumed chain reports the
+        // same series as an uninterrupted one.
+        let evals = self.config.n_steps as f64;
         let s_start = match cached {
             Some(s) => s,
-            None => {
-                evals += 1.0;
-                self.target.force(x, &mut force)
-            }
+            None => self.target.force(x, &mut force),
         };
         self.x_start.copy_from_slice(x);
         self.force_start.copy_from_slice(&force);

@@ -195,12 +195,21 @@ pub(crate) fn read_checkpoint(file: &File, path: &Path) -> Result<Checkpoint> {
         .context(path, "opening /checkpoint")?;
     let slot = live_slot(&group, live.generation, path)?;
     let x_set = slot.dataset("x").context(path, "opening checkpoint x")?;
-    let &[_, dim] = x_set.shape().as_slice() else {
+    let &[rows, dim] = x_set.shape().as_slice() else {
         return Err(StoreError::Damaged {
             path: path.to_path_buf(),
             what: "checkpoint x is not (chain, dim)".into(),
         });
     };
+    if rows != live.chains as usize {
+        return Err(StoreError::Damaged {
+            path: path.to_path_buf(),
+            what: format!(
+                "checkpoint x has {rows} chains, /checkpoint says {}",
+                live.chains
+            ),
+        });
+    }
     let x: Vec<f64> =
         hyperslab::read_draws(&x_set, 0..dim).context(path, "reading checkpoint x")?;
     let rng = read_texts(&slot, "rng", live.chains, path)?;

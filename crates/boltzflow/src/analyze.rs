@@ -15,6 +15,9 @@ use boltzflow_targets::LatticeFile;
 /// Wolff's S parameter of the automatic window.
 const S_TAU: f64 = 2.0;
 
+/// Fewest draws per chain the Gamma method analyses.
+const MIN_DRAWS: usize = 4;
+
 /// One observable's analysis.
 #[derive(Clone, Debug, Serialize)]
 pub struct ObservableReport {
@@ -114,9 +117,20 @@ fn analyze_vector(
         })
         .collect();
     let mut report = VectorReport::default();
-    for series in &components {
+    for (k, series) in components.iter().enumerate() {
         let replicas: Vec<&[f64]> = series.iter().map(Vec::as_slice).collect();
-        report.push(&gamma_method(&replicas, S_TAU).with_context(|| format!("vector {name}"))?);
+        let estimate = gamma_method(&replicas, S_TAU).unwrap_or_else(|e| {
+            tracing::warn!("vector {name}[{k}] not analysed: {e}");
+            Estimate {
+                mean: f64::NAN,
+                err: f64::NAN,
+                tau_int: f64::NAN,
+                tau_int_err: f64::NAN,
+                window: 0,
+                n: 0,
+            }
+        });
+        report.push(&estimate);
     }
     report.compare(exact.cloned());
     vectors.insert(name.to_string(), report);
@@ -154,7 +168,7 @@ pub fn analyze(path: &Path) -> Result<Report> {
     let target = lattice.target.build()?;
     let exact = target.exact();
     let draws = reader.draws();
-    if draws < 2 {
+    if draws < MIN_DRAWS {
         anyhow::bail!(
             "{} holds {draws} committed draws; run more (or --resume the run) before analysing",
             path.display()
@@ -186,13 +200,16 @@ pub fn analyze(path: &Path) -> Result<Report> {
             continue;
         }
         let replicas: Vec<&[f64]> = chains.iter().map(Vec::as_slice).collect();
-        let estimate = gamma_method(&replicas, S_TAU)
-            .with_context(|| format!("{}: observable {name}", path.display()))?;
-        let rhat = (replicas.len() > 1).then(|| split_rhat(&replicas));
-        observables.insert(
-            name.clone(),
-            report(estimate, rhat, exact.get(name).copied()),
-        );
+        match gamma_method(&replicas, S_TAU) {
+            Ok(estimate) => {
+                let rhat = (replicas.len() > 1).then(|| split_rhat(&replicas));
+                observables.insert(
+                    name.clone(),
+                    report(estimate, rhat, exact.get(name).copied()),
+                );
+            }
+            Err(e) => tracing::warn!("{}: observable {name} not analysed: {e}", path.display()),
+        }
     }
     for derived in target.derived() {
         let Some(inputs) = derived

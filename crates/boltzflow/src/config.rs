@@ -84,7 +84,7 @@ impl Loaded {
 }
 
 /// Resolves `relative` against the directory of `config`.
-fn resolve(config: &Path, relative: &Path) -> PathBuf {
+pub fn resolve(config: &Path, relative: &Path) -> PathBuf {
     if relative.is_absolute() {
         relative.to_path_buf()
     } else {

@@ -117,7 +117,11 @@ fn run(command: Command) -> Result<()> {
             };
             let path = mcmc::run(&args)?;
             if !args.quiet {
-                analyze::print_table(&analyze::analyze(&path)?);
+                // The run itself succeeded: a failed analysis is reported, not fatal.
+                match analyze::analyze(&path) {
+                    Ok(report) => analyze::print_table(&report),
+                    Err(e) => tracing::warn!("analysis of {}: {}", path.display(), one_line(&e)),
+                }
             }
             Ok(())
         }
@@ -162,8 +166,7 @@ fn exact_values(path: &Path) -> Result<BTreeMap<String, f64>> {
     })?;
     let lattice = match table.get("lattice").and_then(|v| v.as_str()) {
         Some(relative) if !table.contains_key("theory") => {
-            let resolved = path.parent().unwrap_or(Path::new(".")).join(relative);
-            LatticeFile::read(&resolved)?
+            LatticeFile::read(&config::resolve(path, Path::new(relative)))?
         }
         _ => LatticeFile::read(path)?,
     };

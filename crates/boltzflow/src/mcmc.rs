@@ -49,6 +49,9 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
         block: mcmc.block,
     };
 
+    // One writer per file: a second `mcmc` on the same --out (resume or --force) is refused
+    // while this one runs. The lock is released when the process ends, however it ends.
+    let _lock = lock_output(&out)?;
     let (mut writer, mut done) = if args.resume {
         if !out.exists() {
             bail!(
@@ -56,10 +59,10 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
                 out.display()
             );
         }
-        let stored = stored_config(&out)?;
-        if !same_run(&stored, &loaded.toml) {
+        let (stored, stored_lattice) = stored_config(&out)?;
+        if !same_run(&stored, &loaded.toml) || stored_lattice != loaded.lattice.to_toml() {
             bail!(
-                "{} was written by another config; rerun without --resume (and another --out) or with the same config",
+                "{} was written by another config or lattice; rerun without --resume (and another --out) or with the same config and lattice file",
                 out.display()
             );
         }
@@ -93,10 +96,6 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
                 "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
                 out.display()
             );
-        }
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create output directory {}", dir.display()))?;
         }
         let meta = RunMeta {
             kind: "mcmc".into(),
@@ -172,10 +171,51 @@ fn default_out(config: &Path) -> PathBuf {
     PathBuf::from("runs").join(format!("{stem}.h5"))
 }
 
-/// The config text stored in an existing ensemble file.
-fn stored_config(path: &Path) -> Result<String> {
+/// The config and lattice texts stored in an existing ensemble file.
+fn stored_config(path: &Path) -> Result<(String, String)> {
     let reader = EnsembleReader::open(path)?;
-    Ok(reader.meta().config_toml.clone())
+    let meta = reader.meta();
+    Ok((meta.config_toml.clone(), meta.lattice_toml.clone()))
+}
+
+/// An exclusive lock on `<out>.lock`, removed when dropped (a killed process leaves the file
+/// unlocked, and the next run takes it again).
+struct OutputLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Takes the writer's lock on `<out>.lock`.
+fn lock_output(out: &Path) -> Result<OutputLock> {
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+    }
+    let mut name = out.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot create lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(OutputLock { path, _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "{} is being written by another boltzflow process; wait for it to finish or choose another --out",
+            out.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// True when two resolved configs describe the same run; only the number of draws may grow.

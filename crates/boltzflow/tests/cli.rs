@@ -223,71 +223,102 @@ fn series_of(path: &Path) -> Vec<(String, Vec<Vec<f64>>)> {
         .collect()
 }
 
-#[test]
-fn killed_run_resumes_into_the_uninterrupted_chain() {
-    let dir = tempfile::tempdir().unwrap();
-    let mcmc = "sampler = \"metropolis\"\nchains = 2\nseed = 11\nthermalization = 10\n\
-                draws = 2000\nsteps_per_draw = 50\nblock = 25\n";
-    let lattice = "theory = \"phi4\"\nshape = [16, 16]\nm2 = -4.0\nlam = 8.0\n";
-    let config = write_config(dir.path(), lattice, mcmc);
-    let c = config.to_str().unwrap();
-    let reference = dir.path().join("reference.h5");
-    let status = run(&["mcmc", c, "--out", reference.to_str().unwrap(), "--quiet"]);
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    let expected = series_of(&reference);
+/// Committed draws per chain of a run in progress (0 if the file cannot be read yet).
+fn committed_draws(path: &Path) -> usize {
+    boltzflow_store::EnsembleReader::open(path).map_or(0, |r| r.draws())
+}
 
-    let killed = dir.path().join("killed.h5");
-    let k = killed.to_str().unwrap();
-    let mut interrupted = 0;
-    for (attempt, delay_ms) in [150u64, 400, 250].into_iter().enumerate() {
+/// Runs `mcmc` on `config`, killing it with SIGKILL once each of `kill_at` draws per chain
+/// has been committed, then resumes to the end; the result must equal `expected` exactly,
+/// and the file must hold a prefix of it after every kill.
+fn kill_and_resume(
+    config: &Path,
+    out: &Path,
+    kill_at: &[usize],
+    expected: &[(String, Vec<Vec<f64>>)],
+) {
+    let (c, k) = (config.to_str().unwrap(), out.to_str().unwrap());
+    for &target in kill_at {
         let mut args = vec!["mcmc", c, "--out", k, "--quiet", "--log", "warn"];
-        if killed.exists() {
+        if out.exists() {
             args.push("--resume");
         }
         let mut child = bin().args(&args).spawn().unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
-        if child.try_wait().unwrap().is_none() {
-            interrupted += 1;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while committed_draws(out) < target {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the run ended before draw {target}"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no progress to draw {target}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
-        child.kill().ok(); // SIGKILL
+        child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
-        // The file stays readable after every kill, and holds a prefix of the chain.
-        if let Ok(reader) = boltzflow_store::EnsembleReader::open(&killed) {
-            let done = reader.draws();
-            for (name, chains) in series_of(&killed) {
-                let full = &expected.iter().find(|(n, _)| *n == name).unwrap().1;
-                for (c, chain) in chains.iter().enumerate() {
-                    assert_eq!(chain.len(), done);
-                    assert_eq!(chain[..], full[c][..done], "{name} differs after a kill");
-                }
+        let done = committed_draws(out);
+        assert!(done >= target);
+        for (name, chains) in series_of(out) {
+            let full = &expected.iter().find(|(n, _)| *n == name).unwrap().1;
+            for (chain, values) in chains.iter().enumerate() {
+                assert_eq!(values.len(), done);
+                assert_eq!(
+                    values[..],
+                    full[chain][..done],
+                    "{name} differs after a kill"
+                );
             }
-        } else {
-            assert_eq!(attempt, 0, "the file became unreadable after a kill");
         }
     }
-    assert!(
-        interrupted >= 2,
-        "the run finished before it could be killed; make it longer"
-    );
-    let resumed = if killed.exists() {
-        run(&["mcmc", c, "--out", k, "--quiet", "--resume"])
-    } else {
-        run(&["mcmc", c, "--out", k, "--quiet"])
-    };
+    let resumed = run(&["mcmc", c, "--out", k, "--quiet", "--resume"]);
     assert!(
         resumed.status.success(),
         "{}",
         String::from_utf8_lossy(&resumed.stderr)
     );
     assert_eq!(
-        series_of(&killed),
+        series_of(out),
         expected,
         "resumed chain differs from the uninterrupted one"
     );
+}
+
+#[test]
+fn killed_run_resumes_into_the_uninterrupted_chain() {
+    let lattice = "theory = \"phi4\"\nshape = [16, 16]\nm2 = -4.0\nlam = 8.0\n";
+    // Metropolis (per-block seeds) and HMC (adapted step size in the sampler state).
+    let samplers = [
+        "sampler = \"metropolis\"\nchains = 2\nseed = 11\nthermalization = 10\n\
+         draws = 1500\nsteps_per_draw = 10\nblock = 25\n",
+        "sampler = \"hmc\"\nchains = 2\nseed = 12\nthermalization = 50\n\
+         draws = 1500\nsteps_per_draw = 2\nblock = 25\n",
+    ];
+    for mcmc in samplers {
+        let dir = tempfile::tempdir().unwrap();
+        let config = write_config(dir.path(), lattice, mcmc);
+        let reference = dir.path().join("reference.h5");
+        let result = run(&[
+            "mcmc",
+            config.to_str().unwrap(),
+            "--out",
+            reference.to_str().unwrap(),
+            "--quiet",
+        ]);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let expected = series_of(&reference);
+        kill_and_resume(
+            &config,
+            &dir.path().join("killed.h5"),
+            &[100, 600, 1100],
+            &expected,
+        );
+    }
 }
 
 #[test]

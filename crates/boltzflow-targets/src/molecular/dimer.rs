@@ -347,16 +347,22 @@ impl Target for Dimer {
         };
         let mut candidates: Vec<[f64; 2]> = Vec::new();
         let first = (n_solvent as f64).sqrt().ceil() as usize;
-        for m in first.max(1).. {
+        // Finer grids until enough cells clear sigma; a box too small for that (possible only
+        // with unphysical parameters) takes the finest grid's cells farthest from the dimer
+        // and leaves the overlaps to the relaxation below.
+        let (m_min, m_max) = (first.max(1), 4 * first.max(1) + 64);
+        for m in m_min..=m_max {
             if n_solvent == 0 {
                 break;
             }
             let h = 2.0 * self.box_half / m as f64;
             let centre = |i: usize| -self.box_half + (i as f64 + 0.5) * h;
-            candidates = (0..m * m)
-                .map(|k| [centre(k % m), centre(k / m)])
-                .filter(|p| clearance(p) >= self.sigma)
-                .collect();
+            let grid = (0..m * m).map(|k| [centre(k % m), centre(k / m)]);
+            candidates = if m == m_max {
+                grid.collect()
+            } else {
+                grid.filter(|p| clearance(p) >= self.sigma).collect()
+            };
             if candidates.len() >= n_solvent {
                 break;
             }
