@@ -53,6 +53,69 @@ pub struct Report {
     pub vectors: BTreeMap<String, VectorReport>,
     /// Exact values the theory admits, including those not measured here (e.g. ln_z).
     pub exact: BTreeMap<String, f64>,
+    /// kind "train": the final evaluation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub training: Option<TrainingReport>,
+    /// kind "train": every evaluation, series by series (`step`, `loss`, `ess`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<BTreeMap<String, Vec<f64>>>,
+    /// kind "sample": ESS/N of the importance weights over all samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ess: Option<f64>,
+    /// kind "sample": ln Z = LSE(log w) - ln N with its error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ln_z: Option<ValueReport>,
+    /// kind "sample": importance-reweighted observables sum w O / sum w (binned jackknife,
+    /// about 100 bins).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reweighted: Option<BTreeMap<String, ValueReport>>,
+    /// kind "sample": the independence Metropolis-Hastings chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mh: Option<MhReport>,
+}
+
+/// The last evaluation of a training run.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainingReport {
+    pub steps: f64,
+    pub ess: f64,
+    pub acceptance: f64,
+    pub loss: f64,
+    pub loss_err: f64,
+    pub steps_per_s: f64,
+}
+
+/// An estimate with its error and, where known, the exact value and the deviation in sigma.
+#[derive(Clone, Debug, Serialize)]
+pub struct ValueReport {
+    pub mean: f64,
+    pub err: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exact: Option<f64>,
+    /// (mean - exact) / err.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<f64>,
+}
+
+impl ValueReport {
+    fn new((mean, err): (f64, f64), exact: Option<f64>) -> Self {
+        let sigma = exact.and_then(|x| (err > 0.0).then(|| (mean - x) / err));
+        Self {
+            mean,
+            err,
+            exact,
+            sigma,
+        }
+    }
+}
+
+/// Statistics of the independence Metropolis-Hastings chain.
+#[derive(Clone, Debug, Serialize)]
+pub struct MhReport {
+    /// Fraction of accepted proposals.
+    pub acceptance: f64,
+    /// Longest run of consecutive rejections.
+    pub longest_rejection_run: usize,
 }
 
 /// One vector observable's analysis, component by component.
@@ -168,6 +231,11 @@ pub fn analyze(path: &Path) -> Result<Report> {
     let target = lattice.target.build()?;
     let exact = target.exact();
     let draws = reader.draws();
+    match meta.kind.as_str() {
+        "train" => return analyze_train(path, &reader, target.theory(), exact),
+        "sample" => return analyze_sample(path, &reader, target.as_ref(), exact),
+        _ => {}
+    }
     if draws < MIN_DRAWS {
         anyhow::bail!(
             "{} holds {draws} committed draws; run more (or --resume the run) before analysing",
@@ -255,7 +323,188 @@ pub fn analyze(path: &Path) -> Result<Report> {
         observables,
         vectors,
         exact,
+        training: None,
+        series: None,
+        ess: None,
+        ln_z: None,
+        reweighted: None,
+        mh: None,
     })
+}
+
+/// A report with the fields every kind has; the kind-specific ones empty.
+fn base_report(
+    path: &Path,
+    reader: &EnsembleReader,
+    theory: &str,
+    exact: BTreeMap<String, f64>,
+) -> Report {
+    Report {
+        file: path.display().to_string(),
+        kind: reader.meta().kind.clone(),
+        theory: theory.to_string(),
+        sampler: None,
+        chains: reader.chains(),
+        draws: reader.draws(),
+        acceptance: f64::NAN,
+        action_evals_per_draw: f64::NAN,
+        observables: BTreeMap::new(),
+        vectors: BTreeMap::new(),
+        exact,
+        training: None,
+        series: None,
+        ess: None,
+        ln_z: None,
+        reweighted: None,
+        mh: None,
+    }
+}
+
+/// Every series of chain 0.
+fn chain0_series(reader: &EnsembleReader) -> Result<BTreeMap<String, Vec<f64>>> {
+    let mut series = BTreeMap::new();
+    for name in reader.series_names() {
+        let mut chains = reader.series(&name)?;
+        series.insert(name, chains.swap_remove(0));
+    }
+    Ok(series)
+}
+
+/// A training file: the last evaluation and the table of all of them.
+fn analyze_train(
+    path: &Path,
+    reader: &EnsembleReader,
+    theory: &str,
+    exact: BTreeMap<String, f64>,
+) -> Result<Report> {
+    if reader.draws() < 1 {
+        anyhow::bail!(
+            "{} holds no evaluation yet; train for at least train.eval_every steps",
+            path.display()
+        );
+    }
+    let series = chain0_series(reader)?;
+    let last = |name: &str| {
+        series
+            .get(name)
+            .and_then(|s| s.last().copied())
+            .unwrap_or(f64::NAN)
+    };
+    let training = TrainingReport {
+        steps: last("step"),
+        ess: last("ess"),
+        acceptance: last("acceptance"),
+        loss: last("loss"),
+        loss_err: last("loss_err"),
+        steps_per_s: last("steps_per_s"),
+    };
+    let mut report = base_report(path, reader, theory, exact);
+    report.acceptance = training.acceptance;
+    report.training = Some(training);
+    report.series = Some(series);
+    Ok(report)
+}
+
+/// A sample file: importance weights (ESS, ln Z, reweighted observables) and the independence
+/// Metropolis chain (Gamma method on the proposals' values at `mh_index`).
+fn analyze_sample(
+    path: &Path,
+    reader: &EnsembleReader,
+    target: &dyn boltzflow_targets::Target,
+    exact: BTreeMap<String, f64>,
+) -> Result<Report> {
+    let n = reader.draws();
+    if n < MIN_DRAWS {
+        anyhow::bail!(
+            "{} holds {n} committed samples; sample more (or --resume the run) before analysing",
+            path.display()
+        );
+    }
+    let series = chain0_series(reader)?;
+    let log_w = series
+        .get("log_w")
+        .with_context(|| format!("{}: no series log_w; is it a sample file?", path.display()))?;
+    let mut report = base_report(path, reader, target.theory(), exact.clone());
+    report.action_evals_per_draw = 1.0;
+    report.ess = Some(boltzflow_stats::ess_fraction(log_w));
+    report.ln_z = Some(ValueReport::new(
+        boltzflow_stats::ln_z(log_w).with_context(|| format!("{}: ln Z", path.display()))?,
+        exact.get("ln_z").copied(),
+    ));
+    let bin = (n / 100).max(1);
+    let names: Vec<&String> = series
+        .keys()
+        .filter(|k| !["log_q", "log_w", "mh_accepted", "mh_index"].contains(&k.as_str()))
+        .collect();
+    let mut reweighted = BTreeMap::new();
+    for name in &names {
+        match boltzflow_stats::reweighted_mean(log_w, &series[*name], bin) {
+            Ok(value) => {
+                reweighted.insert(
+                    name.to_string(),
+                    ValueReport::new(value, exact.get(*name).copied()),
+                );
+            }
+            Err(e) => tracing::warn!("{}: {name} not reweighted: {e}", path.display()),
+        }
+    }
+    report.reweighted = Some(reweighted);
+    if let (Some(accepted), Some(index)) = (series.get("mh_accepted"), series.get("mh_index")) {
+        let chain: BTreeMap<&str, Vec<f64>> = names
+            .iter()
+            .map(|name| {
+                let values = &series[*name];
+                let on_chain = index.iter().map(|&i| values[i as usize]).collect();
+                (name.as_str(), on_chain)
+            })
+            .collect();
+        for (name, values) in &chain {
+            match gamma_method(&[values.as_slice()], S_TAU) {
+                Ok(e) => {
+                    report.observables.insert(
+                        name.to_string(),
+                        self::report(e, None, exact.get(*name).copied()),
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!("{}: MH chain of {name} not analysed: {e}", path.display())
+                }
+            }
+        }
+        for derived in target.derived() {
+            let Some(inputs) = derived
+                .inputs
+                .iter()
+                .map(|n| chain.get(n).map(|c| vec![c.as_slice()]))
+                .collect::<Option<Vec<_>>>()
+            else {
+                continue;
+            };
+            let f = derived.f;
+            match gamma_method_derived(&inputs, &|means: &[f64]| f(means), S_TAU) {
+                Ok(e) => {
+                    report.observables.insert(
+                        derived.name.to_string(),
+                        self::report(e, None, exact.get(derived.name).copied()),
+                    );
+                }
+                Err(e) => tracing::warn!("{}: {e}", derived.name),
+            }
+        }
+        let acceptance = accepted.iter().sum::<f64>() / n as f64;
+        let mut longest = 0;
+        let mut run = 0;
+        for &a in accepted {
+            run = if a == 0.0 { run + 1 } else { 0 };
+            longest = longest.max(run);
+        }
+        report.acceptance = acceptance;
+        report.mh = Some(MhReport {
+            acceptance,
+            longest_rejection_run: longest,
+        });
+    }
+    Ok(report)
 }
 
 fn report(e: Estimate, rhat: Option<f64>, exact: Option<f64>) -> ObservableReport {
@@ -284,6 +533,11 @@ pub fn format_value(mean: f64, err: f64) -> String {
 
 /// The human-readable table.
 pub fn print_table(r: &Report) {
+    match r.kind.as_str() {
+        "train" => return print_train(r),
+        "sample" => return print_sample(r),
+        _ => {}
+    }
     println!(
         "{}: {} {} ensemble, {} chains x {} draws, sampler {}, acceptance {:.3}",
         r.file,
@@ -345,6 +599,100 @@ pub fn print_table(r: &Report) {
         .collect();
     if !unmeasured.is_empty() {
         println!("exact, not measured by this run: {}", unmeasured.join(", "));
+    }
+}
+
+/// The table of a training file: one row per evaluation, then the final numbers.
+fn print_train(r: &Report) {
+    println!("{}: {} training, {} evaluations", r.file, r.theory, r.draws);
+    let Some(series) = &r.series else { return };
+    let col = |name: &str| series.get(name).cloned().unwrap_or_default();
+    let (step, loss, loss_err, ess, acc, grad, lr, rate) = (
+        col("step"),
+        col("loss"),
+        col("loss_err"),
+        col("ess"),
+        col("acceptance"),
+        col("grad_norm"),
+        col("lr"),
+        col("steps_per_s"),
+    );
+    println!(
+        "{:>8} {:>20} {:>8} {:>8} {:>10} {:>10} {:>9}",
+        "step", "loss(err)", "ESS/N", "accept", "grad_norm", "lr", "steps/s"
+    );
+    for k in 0..step.len() {
+        println!(
+            "{:>8} {:>20} {:>8.4} {:>8.4} {:>10.3e} {:>10.3e} {:>9.1}",
+            step[k],
+            format_value(loss[k], loss_err[k]),
+            ess[k],
+            acc[k],
+            grad[k],
+            lr[k],
+            rate[k]
+        );
+    }
+    if let Some(t) = &r.training {
+        println!(
+            "final: step {}, loss {}, ESS/N {:.4}, MH acceptance {:.4}, {:.1} steps/s",
+            t.steps,
+            format_value(t.loss, t.loss_err),
+            t.ess,
+            t.acceptance,
+            t.steps_per_s
+        );
+    }
+}
+
+/// The table of a sample file: reweighted and MH-chain estimates side by side.
+fn print_sample(r: &Report) {
+    println!(
+        "{}: {} flow samples, {} draws, ESS/N {:.4}",
+        r.file,
+        r.theory,
+        r.draws,
+        r.ess.unwrap_or(f64::NAN)
+    );
+    if let Some(z) = &r.ln_z {
+        println!(
+            "ln Z = {}  exact {}  sigma {}",
+            format_value(z.mean, z.err),
+            z.exact.map_or("-".into(), |x| format!("{x:.8}")),
+            z.sigma.map_or("-".into(), |s| format!("{s:+.2}"))
+        );
+    }
+    if let Some(mh) = &r.mh {
+        println!(
+            "independence MH: acceptance {:.4}, longest rejection run {}",
+            mh.acceptance, mh.longest_rejection_run
+        );
+    }
+    println!(
+        "{:<16} {:>20} {:>8} {:>20} {:>8} {:>7} {:>16}",
+        "observable", "reweighted", "sigma", "MH chain", "sigma", "tau_int", "exact"
+    );
+    let empty = BTreeMap::new();
+    let reweighted = r.reweighted.as_ref().unwrap_or(&empty);
+    let mut names: Vec<&String> = reweighted.keys().chain(r.observables.keys()).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let rw = reweighted.get(name);
+        let mh = r.observables.get(name);
+        let exact = rw.and_then(|v| v.exact).or(mh.and_then(|o| o.exact));
+        println!(
+            "{:<16} {:>20} {:>8} {:>20} {:>8} {:>7} {:>16}",
+            name,
+            rw.map_or("-".into(), |v| format_value(v.mean, v.err)),
+            rw.and_then(|v| v.sigma)
+                .map_or("-".into(), |s| format!("{s:+.2}")),
+            mh.map_or("-".into(), |o| format_value(o.mean, o.err)),
+            mh.and_then(|o| o.sigma)
+                .map_or("-".into(), |s| format!("{s:+.2}")),
+            mh.map_or("-".into(), |o| format!("{:.2}", o.tau_int)),
+            exact.map_or("-".into(), |x| format!("{x:.8}")),
+        );
     }
 }
 

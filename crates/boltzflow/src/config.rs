@@ -33,6 +33,224 @@ pub struct RunConfig {
     /// Markov-chain Monte Carlo baseline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mcmc: Option<McmcConfig>,
+    /// Flow architecture (`boltzflow train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flow: Option<FlowSection>,
+    /// Reverse-KL training (`boltzflow train`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train: Option<TrainSection>,
+    /// Sampling a trained flow (`boltzflow sample`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<SampleSection>,
+}
+
+fn default_layers() -> usize {
+    16
+}
+fn default_hidden() -> Vec<usize> {
+    vec![8, 8]
+}
+fn default_kernel() -> usize {
+    3
+}
+fn default_batch() -> usize {
+    64
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_gamma() -> f64 {
+    0.5
+}
+fn default_eval_every() -> usize {
+    100
+}
+fn default_eval_batch() -> usize {
+    1024
+}
+fn default_checkpoint_every() -> usize {
+    500
+}
+fn default_samples() -> usize {
+    65536
+}
+fn default_sample_batch() -> usize {
+    1024
+}
+fn default_true() -> bool {
+    true
+}
+
+/// `[flow]`: the affine coupling flow's architecture; the lattice shape comes from the
+/// lattice file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSection {
+    /// Coupling layers (default 16).
+    #[serde(default = "default_layers")]
+    pub layers: usize,
+    /// Hidden channels of each conditioner (default `[8, 8]`).
+    #[serde(default = "default_hidden")]
+    pub hidden: Vec<usize>,
+    /// Odd conv kernel size (default 3).
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+    /// Seed of the parameter initialisation.
+    pub seed: u64,
+}
+
+/// Learning-rate schedule over the `steps` training steps (t = 0, 1, ..., steps - 1).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// lr_t = lr.
+    #[default]
+    Constant,
+    /// lr_t = lr (1 + cos(pi t / steps)) / 2.
+    Cosine,
+    /// lr_t = lr gamma^floor(t / step_every).
+    Step,
+}
+
+/// `[train]`: reverse-KL training with Adam.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Training steps in total (a resumed run may raise it).
+    pub steps: usize,
+    /// Samples per step (default 64).
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Adam's base learning rate (default 1e-3).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Learning-rate schedule (default "constant").
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Factor of the "step" schedule (default 0.5).
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// Steps between decays of the "step" schedule (required for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_every: Option<usize>,
+    /// Rescale gradients to this global L2 norm when larger (default: no clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f64>,
+    /// Steps between evaluations (default 100).
+    #[serde(default = "default_eval_every")]
+    pub eval_every: usize,
+    /// Fresh samples per evaluation (default 1024); the final one uses max(eval_batch, 16384).
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch: usize,
+    /// Steps between writes of model.json (default 500; also written at the end).
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// Seed of the training noise.
+    pub seed: u64,
+}
+
+impl TrainSection {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.steps < 1 {
+            bail!("train.steps must be >= 1");
+        }
+        if self.batch < 2 {
+            bail!("train.batch must be >= 2 (64 in the tutorial)");
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("train.lr must be a positive number, e.g. 1e-3");
+        }
+        if !(self.gamma > 0.0 && self.gamma <= 1.0) {
+            bail!("train.gamma must lie in (0, 1], e.g. 0.5");
+        }
+        match (self.schedule, self.step_every) {
+            (Schedule::Step, None) => {
+                bail!("train.step_every must be set when train.schedule = \"step\"")
+            }
+            (_, Some(0)) => bail!("train.step_every must be >= 1"),
+            _ => {}
+        }
+        if let Some(c) = self.grad_clip
+            && !(c > 0.0 && c.is_finite())
+        {
+            bail!("train.grad_clip must be a positive number (or omitted for no clipping)");
+        }
+        if self.eval_every < 1 {
+            bail!("train.eval_every must be >= 1");
+        }
+        if self.eval_batch < 2 {
+            bail!("train.eval_batch must be >= 2");
+        }
+        if self.checkpoint_every < 1 {
+            bail!("train.checkpoint_every must be >= 1");
+        }
+        Ok(())
+    }
+
+    /// The learning rate of step t (0-based).
+    pub fn lr_at(&self, t: usize) -> f64 {
+        match self.schedule {
+            Schedule::Constant => self.lr,
+            Schedule::Cosine => {
+                let x = t as f64 / self.steps as f64;
+                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())
+            }
+            Schedule::Step => {
+                let every = self.step_every.unwrap_or(usize::MAX).max(1);
+                self.lr * self.gamma.powi((t / every).min(i32::MAX as usize) as i32)
+            }
+        }
+    }
+}
+
+impl FlowSection {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.layers < 1 {
+            bail!("flow.layers must be >= 1 (16 in the tutorial)");
+        }
+        if self.hidden.contains(&0) {
+            bail!("flow.hidden must list positive channel counts, e.g. [8, 8]");
+        }
+        if self.kernel < 1 || self.kernel.is_multiple_of(2) {
+            bail!("flow.kernel must be odd and >= 1, e.g. 3");
+        }
+        Ok(())
+    }
+}
+
+/// `[sample]`: drawing from a trained flow.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SampleSection {
+    /// Configurations to draw (default 65536; a resumed run may raise it).
+    #[serde(default = "default_samples")]
+    pub samples: usize,
+    /// Configurations per batch and per commit (default 1024).
+    #[serde(default = "default_sample_batch")]
+    pub batch: usize,
+    /// Seed of the flow's noise and of the Metropolis uniforms.
+    pub seed: u64,
+    /// Run the independence Metropolis-Hastings chain over the proposals (default true).
+    #[serde(default = "default_true")]
+    pub mh: bool,
+    /// Store every configuration (default true).
+    #[serde(default = "default_true")]
+    pub store_configs: bool,
+}
+
+impl SampleSection {
+    /// Checks every value; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.samples < 2 {
+            bail!("sample.samples must be >= 2");
+        }
+        if self.batch < 1 {
+            bail!("sample.batch must be >= 1");
+        }
+        Ok(())
+    }
 }
 
 /// A loaded config: the parsed recipe, its resolved TOML text and the lattice it names.
@@ -80,6 +298,37 @@ impl Loaded {
                 path.display()
             )
         })
+    }
+
+    /// The validated `[flow]` and `[train]` sections, or an error naming the missing one.
+    pub fn training(&self, path: &Path) -> Result<(FlowSection, TrainSection)> {
+        let flow = self.config.flow.clone().ok_or_else(|| {
+            anyhow!(
+                "{} has no [flow] section; add one (see configs/flow_phi4_L8.toml)",
+                path.display()
+            )
+        })?;
+        let train = self.config.train.clone().ok_or_else(|| {
+            anyhow!(
+                "{} has no [train] section; add one (see configs/flow_phi4_L8.toml)",
+                path.display()
+            )
+        })?;
+        flow.validate()?;
+        train.validate()?;
+        Ok((flow, train))
+    }
+
+    /// The validated `[sample]` section, or an error saying the config has none.
+    pub fn sampling(&self, path: &Path) -> Result<SampleSection> {
+        let sample = self.config.sample.clone().ok_or_else(|| {
+            anyhow!(
+                "{} has no [sample] section; add one (see configs/sample_phi4_L8.toml)",
+                path.display()
+            )
+        })?;
+        sample.validate()?;
+        Ok(sample)
     }
 }
 

@@ -4,7 +4,10 @@
 mod analyze;
 mod config;
 mod mcmc;
+mod output;
 mod provenance;
+mod sample;
+mod train;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,6 +41,50 @@ enum Command {
         /// Override a config key: --set mcmc.draws=1000 (repeatable).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         overrides: Vec<String>,
+        /// Output file (default runs/<config name>.h5).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in --out from its last checkpoint.
+        #[arg(long)]
+        resume: bool,
+        /// Overwrite an existing output file.
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
+        /// No progress bar and no summary table.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Train an affine coupling flow by reverse KL; writes DIR/model.json and DIR/train.h5.
+    Train {
+        /// Run config (TOML) with [flow] and [train] sections.
+        config: PathBuf,
+        /// Override a config key: --set train.steps=1000 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Output directory (default runs/<config name>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the training in --out from its last checkpoint (train.steps may grow).
+        #[arg(long)]
+        resume: bool,
+        /// Overwrite an existing model and training file.
+        #[arg(long, conflicts_with = "resume")]
+        force: bool,
+        /// No progress bar and no summary table.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Draw samples from a trained flow with importance weights and an independence
+    /// Metropolis-Hastings chain; writes an HDF5 ensemble.
+    Sample {
+        /// Run config (TOML) with a [sample] section.
+        config: PathBuf,
+        /// Override a config key: --set sample.samples=4096 (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        overrides: Vec<String>,
+        /// The model file written by `boltzflow train` (DIR/model.json).
+        #[arg(long)]
+        model: PathBuf,
         /// Output file (default runs/<config name>.h5).
         #[arg(long)]
         out: Option<PathBuf>,
@@ -125,6 +172,52 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+        Command::Train {
+            config,
+            overrides,
+            out,
+            resume,
+            force,
+            quiet,
+        } => {
+            let args = train::TrainArgs {
+                config,
+                overrides,
+                out,
+                resume,
+                force,
+                quiet,
+            };
+            let dir = train::run(&args)?;
+            if !quiet {
+                summarise(&dir.join("train.h5"));
+            }
+            Ok(())
+        }
+        Command::Sample {
+            config,
+            overrides,
+            model,
+            out,
+            resume,
+            force,
+            quiet,
+        } => {
+            let args = sample::SampleArgs {
+                config,
+                overrides,
+                model,
+                out,
+                resume,
+                force,
+                quiet,
+            };
+            let path = sample::run(&args)?;
+            if !quiet {
+                summarise(&path);
+            }
+            Ok(())
+        }
         Command::Analyze { file, json } => {
             let report = analyze::analyze(&file)?;
             if json {
@@ -150,6 +243,14 @@ fn run(command: Command) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// Prints the analysis table of a file just written; a failed analysis is reported, not fatal.
+fn summarise(path: &Path) {
+    match analyze::analyze(path) {
+        Ok(report) => analyze::print_table(&report),
+        Err(e) => tracing::warn!("analysis of {}: {}", path.display(), one_line(&e)),
     }
 }
 

@@ -9,17 +9,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::{Result, bail};
 
 use boltzflow_mcmc::{BlockData, ChainState, Chains};
-use boltzflow_store::{
-    Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout, RunMeta,
-};
-use boltzflow_targets::{CONVENTIONS, TargetSpec};
+use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 
 use crate::config::Loaded;
-use crate::provenance;
+use crate::output::{self, lock_output, run_meta, same_run};
 
 /// Options of `boltzflow mcmc`.
 pub struct McmcArgs {
@@ -60,7 +56,9 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
             );
         }
         let (stored, stored_lattice) = stored_config(&out)?;
-        if !same_run(&stored, &loaded.toml) || stored_lattice != loaded.lattice.to_toml() {
+        if !same_run(&stored, &loaded.toml, "mcmc", "draws")
+            || stored_lattice != loaded.lattice.to_toml()
+        {
             bail!(
                 "{} was written by another config or lattice; rerun without --resume (and another --out) or with the same config and lattice file",
                 out.display()
@@ -97,19 +95,7 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
                 out.display()
             );
         }
-        let meta = RunMeta {
-            kind: "mcmc".into(),
-            program_version: provenance::VERSION.into(),
-            git_commit: provenance::GIT_COMMIT.into(),
-            host: provenance::host(),
-            date: provenance::utc_now(),
-            command: provenance::command_line(),
-            config_toml: loaded.toml.clone(),
-            lattice_toml: loaded.lattice.to_toml(),
-            conventions: CONVENTIONS.into(),
-            parameters: parameters(&loaded.lattice.target),
-            seed: mcmc.seed,
-        };
+        let meta = run_meta("mcmc", &loaded, mcmc.seed);
         let mut writer = EnsembleWriter::create(&out, &meta, &layout, args.force)?;
         let start = Instant::now();
         chains.thermalize(mcmc.thermalization);
@@ -126,7 +112,7 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
         (writer, 0)
     };
 
-    let progress = progress_bar(mcmc.draws as u64, args.quiet);
+    let progress = output::progress_bar(mcmc.draws as u64, "draws", args.quiet);
     progress.set_position(done as u64);
     let start = Instant::now();
     while done < mcmc.draws {
@@ -147,21 +133,6 @@ pub fn run(args: &McmcArgs) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The target's parameters as JSON, with phi^4 couplings in both parametrisations.
-fn parameters(spec: &TargetSpec) -> String {
-    let mut value = serde_json::to_value(spec).unwrap_or_default();
-    if let (TargetSpec::Phi4(phi4), Some(map)) = (spec, value.as_object_mut()) {
-        let (m2, lam) = phi4.couplings();
-        map.insert("m2".into(), m2.into());
-        map.insert("lam".into(), lam.into());
-        if let Some((kappa, lam_h)) = phi4.hopping() {
-            map.insert("kappa".into(), kappa.into());
-            map.insert("lam_h".into(), lam_h.into());
-        }
-    }
-    value.to_string()
-}
-
 /// `runs/<config stem>.h5`.
 fn default_out(config: &Path) -> PathBuf {
     let stem = config
@@ -176,58 +147,6 @@ fn stored_config(path: &Path) -> Result<(String, String)> {
     let reader = EnsembleReader::open(path)?;
     let meta = reader.meta();
     Ok((meta.config_toml.clone(), meta.lattice_toml.clone()))
-}
-
-/// An exclusive lock on `<out>.lock`, removed when dropped (a killed process leaves the file
-/// unlocked, and the next run takes it again).
-struct OutputLock {
-    path: PathBuf,
-    _file: std::fs::File,
-}
-
-impl Drop for OutputLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// Takes the writer's lock on `<out>.lock`.
-fn lock_output(out: &Path) -> Result<OutputLock> {
-    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create output directory {}", dir.display()))?;
-    }
-    let mut name = out.as_os_str().to_owned();
-    name.push(".lock");
-    let path = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot create lock file {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(OutputLock { path, _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => bail!(
-            "{} is being written by another boltzflow process; wait for it to finish or choose another --out",
-            out.display()
-        ),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-}
-
-/// True when two resolved configs describe the same run; only the number of draws may grow.
-fn same_run(stored: &str, requested: &str) -> bool {
-    let strip = |text: &str| -> Option<toml::Table> {
-        let mut t: toml::Table = toml::from_str(text).ok()?;
-        if let Some(m) = t.get_mut("mcmc").and_then(|m| m.as_table_mut()) {
-            m.remove("draws");
-        }
-        Some(t)
-    };
-    matches!((strip(stored), strip(requested)), (Some(a), Some(b)) if a == b)
 }
 
 fn checkpoint(chains: &Chains, draws: usize) -> Checkpoint {
@@ -268,17 +187,4 @@ fn to_block(block: BlockData, layout: &Layout) -> Block {
         series,
         vectors,
     }
-}
-
-fn progress_bar(total: u64, quiet: bool) -> ProgressBar {
-    if quiet {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} draws {pos}/{len} [{bar:30}] {per_sec} eta {eta}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    bar
 }
