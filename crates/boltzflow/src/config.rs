@@ -127,6 +127,9 @@ pub struct TrainSection {
     /// Learning-rate schedule (default "constant").
     #[serde(default)]
     pub schedule: Schedule,
+    /// Final learning rate of the "cosine" schedule (default 0).
+    #[serde(default)]
+    pub lr_min: f64,
     /// Factor of the "step" schedule (default 0.5).
     #[serde(default = "default_gamma")]
     pub gamma: f64,
@@ -161,6 +164,9 @@ impl TrainSection {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             bail!("train.lr must be a positive number, e.g. 1e-3");
         }
+        if !(self.lr_min >= 0.0 && self.lr_min <= self.lr) {
+            bail!("train.lr_min must be between 0 and train.lr, e.g. 1e-5");
+        }
         if !(self.gamma > 0.0 && self.gamma <= 1.0) {
             bail!("train.gamma must lie in (0, 1], e.g. 0.5");
         }
@@ -194,7 +200,8 @@ impl TrainSection {
             Schedule::Constant => self.lr,
             Schedule::Cosine => {
                 let x = t as f64 / self.steps as f64;
-                self.lr * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())
+                self.lr_min
+                    + (self.lr - self.lr_min) * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())
             }
             Schedule::Step => {
                 let every = self.step_every.unwrap_or(usize::MAX).max(1);
