@@ -18,6 +18,8 @@ use clap::{Parser, Subcommand};
 
 use boltzflow_targets::LatticeFile;
 
+use crate::output::RunArgs;
+
 #[derive(Parser)]
 #[command(
     name = "boltzflow",
@@ -34,69 +36,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run Markov chains of an MCMC baseline and write an HDF5 ensemble.
-    Mcmc {
-        /// Run config (TOML) with an [mcmc] section.
-        config: PathBuf,
-        /// Override a config key: --set mcmc.draws=1000 (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Output file (default runs/<config name>.h5).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue the run in --out from its last checkpoint.
-        #[arg(long)]
-        resume: bool,
-        /// Overwrite an existing output file.
-        #[arg(long, conflicts_with = "resume")]
-        force: bool,
-        /// No progress bar and no summary table.
-        #[arg(long)]
-        quiet: bool,
-    },
-    /// Train an affine coupling flow by reverse KL; writes DIR/model.json and DIR/train.h5.
-    Train {
-        /// Run config (TOML) with [flow] and [train] sections.
-        config: PathBuf,
-        /// Override a config key: --set train.steps=1000 (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
-        /// Output directory (default runs/<config name>/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue the training in --out from its last checkpoint (train.steps may grow).
-        #[arg(long)]
-        resume: bool,
-        /// Overwrite an existing model and training file.
-        #[arg(long, conflicts_with = "resume")]
-        force: bool,
-        /// No progress bar and no summary table.
-        #[arg(long)]
-        quiet: bool,
-    },
-    /// Draw samples from a trained flow with importance weights and an independence
+    /// Run Markov chains of an MCMC baseline ([mcmc]) and write an HDF5 ensemble.
+    Mcmc(RunArgs),
+    /// Train an affine coupling flow by reverse KL ([flow], [train]); writes DIR/model.json and
+    /// DIR/train.h5.
+    Train(RunArgs),
+    /// Draw samples from a trained flow ([sample]) with importance weights and an independence
     /// Metropolis-Hastings chain; writes an HDF5 ensemble.
     Sample {
-        /// Run config (TOML) with a [sample] section.
-        config: PathBuf,
-        /// Override a config key: --set sample.samples=4096 (repeatable).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        overrides: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
         /// The model file written by `boltzflow train` (DIR/model.json).
         #[arg(long)]
         model: PathBuf,
-        /// Output file (default runs/<config name>.h5).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Continue the run in --out from its last checkpoint.
-        #[arg(long)]
-        resume: bool,
-        /// Overwrite an existing output file.
-        #[arg(long, conflicts_with = "resume")]
-        force: bool,
-        /// No progress bar and no summary table.
-        #[arg(long)]
-        quiet: bool,
     },
     /// Analyse an ensemble file: means, errors, tau_int, R-hat, deviation from exact values.
     Analyze {
@@ -146,73 +98,23 @@ fn one_line(e: &anyhow::Error) -> String {
 
 fn run(command: Command) -> Result<()> {
     match command {
-        Command::Mcmc {
-            config,
-            overrides,
-            out,
-            resume,
-            force,
-            quiet,
-        } => {
-            let args = mcmc::McmcArgs {
-                config,
-                overrides,
-                out,
-                resume,
-                force,
-                quiet,
-            };
+        Command::Mcmc(args) => {
             let path = mcmc::run(&args)?;
             if !args.quiet {
-                // The run itself succeeded: a failed analysis is reported, not fatal.
-                match analyze::analyze(&path) {
-                    Ok(report) => analyze::print_table(&report),
-                    Err(e) => tracing::warn!("analysis of {}: {}", path.display(), one_line(&e)),
-                }
+                summarise(&path);
             }
             Ok(())
         }
-        Command::Train {
-            config,
-            overrides,
-            out,
-            resume,
-            force,
-            quiet,
-        } => {
-            let args = train::TrainArgs {
-                config,
-                overrides,
-                out,
-                resume,
-                force,
-                quiet,
-            };
+        Command::Train(args) => {
             let dir = train::run(&args)?;
-            if !quiet {
+            if !args.quiet {
                 summarise(&dir.join("train.h5"));
             }
             Ok(())
         }
-        Command::Sample {
-            config,
-            overrides,
-            model,
-            out,
-            resume,
-            force,
-            quiet,
-        } => {
-            let args = sample::SampleArgs {
-                config,
-                overrides,
-                model,
-                out,
-                resume,
-                force,
-                quiet,
-            };
-            let path = sample::run(&args)?;
+        Command::Sample { run, model } => {
+            let quiet = run.quiet;
+            let path = sample::run(&sample::SampleArgs { run, model })?;
             if !quiet {
                 summarise(&path);
             }

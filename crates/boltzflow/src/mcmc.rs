@@ -15,20 +15,10 @@ use boltzflow_mcmc::{BlockData, ChainState, Chains};
 use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 
 use crate::config::Loaded;
-use crate::output::{self, lock_output, run_meta, same_run};
-
-/// Options of `boltzflow mcmc`.
-pub struct McmcArgs {
-    pub config: PathBuf,
-    pub overrides: Vec<String>,
-    pub out: Option<PathBuf>,
-    pub resume: bool,
-    pub force: bool,
-    pub quiet: bool,
-}
+use crate::output::{self, RunArgs, lock_output, run_meta, same_run};
 
 /// Runs the chains and returns the path of the ensemble file.
-pub fn run(args: &McmcArgs) -> Result<PathBuf> {
+pub fn run(args: &RunArgs) -> Result<PathBuf> {
     let loaded = Loaded::read(&args.config, &args.overrides)?;
     let mcmc = loaded.mcmc(&args.config)?.clone();
     // Everything is validated before any file is touched.

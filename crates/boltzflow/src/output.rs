@@ -10,6 +10,29 @@ use boltzflow_store::RunMeta;
 use boltzflow_targets::{CONVENTIONS, TargetSpec};
 
 use crate::config::Loaded;
+
+/// The options every run command shares (`mcmc`, `train`, `sample`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// Run config (TOML): a lattice file and the sections the command needs.
+    pub config: PathBuf,
+    /// Override a config key by its dotted path: --set mcmc.draws=1000 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Output path (default: runs/<config name>.h5, or the directory runs/<config name>/ for
+    /// `train`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last checkpoint (only its length may grow).
+    #[arg(long)]
+    pub resume: bool,
+    /// Overwrite an existing output.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// No progress bar and no summary table.
+    #[arg(long)]
+    pub quiet: bool,
+}
 use crate::provenance;
 
 /// The target's parameters as JSON, with phi^4 couplings in both parametrisations.

@@ -32,7 +32,7 @@ use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, Ensemb
 use boltzflow_targets::LatticeFile;
 
 use crate::config::Loaded;
-use crate::output::{self, lock_output, run_meta, same_run};
+use crate::output::{self, RunArgs, lock_output, run_meta, same_run};
 use crate::train::{self, ModelFile, lattice_summary};
 
 /// The independence Metropolis-Hastings series.
@@ -40,13 +40,10 @@ pub const MH_SERIES: [&str; 2] = ["mh_accepted", "mh_index"];
 
 /// Options of `boltzflow sample`.
 pub struct SampleArgs {
-    pub config: PathBuf,
-    pub overrides: Vec<String>,
+    /// The options every run command shares.
+    pub run: RunArgs,
+    /// The model file written by `boltzflow train`.
     pub model: PathBuf,
-    pub out: Option<PathBuf>,
-    pub resume: bool,
-    pub force: bool,
-    pub quiet: bool,
 }
 
 /// The generators of a sampling run (checkpoint `rng` text).
@@ -73,9 +70,9 @@ struct ChainState {
 
 /// Draws the samples and returns the path of the ensemble file.
 pub fn run(args: &SampleArgs) -> Result<PathBuf> {
-    let loaded = Loaded::read(&args.config, &args.overrides)?;
-    let sample = loaded.sampling(&args.config)?;
-    train::flow_shape(&loaded.lattice.target, &args.config)?;
+    let loaded = Loaded::read(&args.run.config, &args.run.overrides)?;
+    let sample = loaded.sampling(&args.run.config)?;
+    train::flow_shape(&loaded.lattice.target, &args.run.config)?;
     let model = ModelFile::read(&args.model)?;
     let model_lattice = LatticeFile::parse(&model.lattice)
         .map_err(|e| anyhow!("model file {}: stored lattice: {e}", args.model.display()))?;
@@ -84,7 +81,7 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
             "model {} was trained on lattice {} but {} names lattice {}; sample with the config the model was trained for or train a model on this lattice",
             args.model.display(),
             lattice_summary(&model_lattice),
-            args.config.display(),
+            args.run.config.display(),
             lattice_summary(&loaded.lattice)
         );
     }
@@ -107,8 +104,8 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
         vectors: Vec::new(),
         block: sample.batch,
     };
-    let out = args.out.clone().unwrap_or_else(|| {
-        let dir = train::default_dir(&args.config);
+    let out = args.run.out.clone().unwrap_or_else(|| {
+        let dir = train::default_dir(&args.run.config);
         dir.with_extension("h5")
     });
 
@@ -123,7 +120,7 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
     };
     let mut chain = ChainState::default();
     let mut current_x: Vec<f64> = Vec::new();
-    let (mut writer, mut done) = if args.resume {
+    let (mut writer, mut done) = if args.run.resume {
         if !out.exists() {
             bail!(
                 "nothing to resume: {} does not exist; run without --resume",
@@ -159,17 +156,20 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
         );
         (writer, checkpoint.draws as usize)
     } else {
-        if out.exists() && !args.force {
+        if out.exists() && !args.run.force {
             bail!(
                 "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
                 out.display()
             );
         }
         let meta = run_meta("sample", &loaded, sample.seed);
-        (EnsembleWriter::create(&out, &meta, &layout, args.force)?, 0)
+        (
+            EnsembleWriter::create(&out, &meta, &layout, args.run.force)?,
+            0,
+        )
     };
 
-    let progress = output::progress_bar(sample.samples as u64, "samples", args.quiet);
+    let progress = output::progress_bar(sample.samples as u64, "samples", args.run.quiet);
     progress.set_position(done as u64);
     let start = Instant::now();
     let first = done;

@@ -44,7 +44,7 @@ use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, Ensemb
 use boltzflow_targets::{LatticeFile, Target, TargetSpec};
 
 use crate::config::{FlowSection, Loaded};
-use crate::output::{self, lock_output, run_meta, same_run};
+use crate::output::{self, RunArgs, lock_output, run_meta, same_run};
 
 /// Value of the `format` field of a model file.
 pub const MODEL_FORMAT: &str = "boltzflow-model";
@@ -71,16 +71,6 @@ pub const TRAIN_SERIES: [&str; 11] = [
     "elapsed_s",
     "steps_per_s",
 ];
-
-/// Options of `boltzflow train`.
-pub struct TrainArgs {
-    pub config: PathBuf,
-    pub overrides: Vec<String>,
-    pub out: Option<PathBuf>,
-    pub resume: bool,
-    pub force: bool,
-    pub quiet: bool,
-}
 
 /// Adam's moments and step count (f64), the resumable half of the optimiser; the maths is that
 /// of [`boltzflow_flow::Adam`] with its default betas and eps.
@@ -303,7 +293,7 @@ fn evaluate(
 }
 
 /// Trains and returns the output directory.
-pub fn run(args: &TrainArgs) -> Result<PathBuf> {
+pub fn run(args: &RunArgs) -> Result<PathBuf> {
     let loaded = Loaded::read(&args.config, &args.overrides)?;
     let (flow_section, train) = loaded.training(&args.config)?;
     let shape = flow_shape(&loaded.lattice.target, &args.config)?;
