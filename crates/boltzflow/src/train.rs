@@ -39,7 +39,7 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
-use boltzflow_flow::{AdamConfig, AffineFlow, AffineFlowConfig, Trainer, mh_acceptance};
+use boltzflow_flow::{Adam, AdamConfig, AffineFlow, AffineFlowConfig, Trainer, mh_acceptance};
 use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 use boltzflow_targets::{LatticeFile, Target, TargetSpec};
 
@@ -72,61 +72,6 @@ pub const TRAIN_SERIES: [&str; 11] = [
     "steps_per_s",
 ];
 
-/// Adam's moments and step count (f64), the resumable half of the optimiser; the maths is that
-/// of [`boltzflow_flow::Adam`] with its default betas and eps.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct AdamState {
-    /// First moments, one per parameter.
-    pub m: Vec<f64>,
-    /// Second moments, one per parameter.
-    pub v: Vec<f64>,
-    /// Updates taken.
-    pub t: u64,
-}
-
-impl AdamState {
-    fn new(n: usize) -> Self {
-        Self {
-            m: vec![0.0; n],
-            v: vec![0.0; n],
-            t: 0,
-        }
-    }
-
-    /// One bias-corrected Adam update of `params` along `grad` (rescaled to norm `clip` when
-    /// larger) at learning rate `lr`; returns the gradient's L2 norm before clipping.
-    fn step(&mut self, params: &mut [f32], grad: &[f32], lr: f64, clip: Option<f64>) -> f64 {
-        let AdamConfig {
-            beta1, beta2, eps, ..
-        } = AdamConfig::default();
-        let norm = grad
-            .iter()
-            .map(|&g| f64::from(g).powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let scale = match clip {
-            Some(c) if norm > c => c / norm,
-            _ => 1.0,
-        };
-        self.t += 1;
-        let c1 = 1.0 - beta1.powi(self.t as i32);
-        let c2 = 1.0 - beta2.powi(self.t as i32);
-        for (((p, &g), m), v) in params
-            .iter_mut()
-            .zip(grad)
-            .zip(&mut self.m)
-            .zip(&mut self.v)
-        {
-            let g = f64::from(g) * scale;
-            *m = beta1 * *m + (1.0 - beta1) * g;
-            *v = beta2 * *v + (1.0 - beta2) * g * g;
-            *p = (f64::from(*p) - lr * (*m / c1) / ((*v / c2).sqrt() + eps)) as f32;
-        }
-        norm
-    }
-}
-
 /// `model.json`: everything needed to sample the flow and to continue training it exactly.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -144,7 +89,7 @@ pub struct ModelFile {
     /// The flow's parameters, `[AffineFlow::params().len()]`.
     pub params: Vec<f32>,
     /// The optimiser state.
-    pub adam: AdamState,
+    pub adam: Adam,
     /// Training steps taken (skipped ones included).
     pub step: u64,
     /// Evaluations committed to train.h5 up to `step`.
@@ -180,12 +125,11 @@ impl ModelFile {
             .map_err(|e| anyhow!("{e}"))?
             .params()
             .len();
-        if model.params.len() != n || model.adam.m.len() != n || model.adam.v.len() != n {
+        if model.params.len() != n || model.adam.len() != n {
             bail!(
-                "holds {} parameters (Adam: {}, {}) but its flow config needs {n}; the file is damaged, retrain",
+                "holds {} parameters (Adam: {}) but its flow config needs {n}; the file is damaged, retrain",
                 model.params.len(),
-                model.adam.m.len(),
-                model.adam.v.len()
+                model.adam.len()
             );
         }
         Ok(model)
@@ -334,7 +278,15 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
             lattice: loaded.lattice.to_toml(),
             config: loaded.toml.clone(),
             params: initial.params().to_vec(),
-            adam: AdamState::new(n),
+            adam: Adam::new(
+                AdamConfig {
+                    lr: train.lr,
+                    grad_clip: train.grad_clip,
+                    ..AdamConfig::default()
+                },
+                n,
+            )
+            .map_err(|e| anyhow!("{e}"))?,
             step: 0,
             evaluations: 0,
             rng: Xoshiro256PlusPlus::seed_from_u64(train.seed),
@@ -385,9 +337,8 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         grad.copy_from_slice(trainer.gradient());
         state.step += 1;
         if loss.is_finite() && grad.iter().all(|g| g.is_finite()) {
-            grad_norm = state
-                .adam
-                .step(trainer.flow.params_mut(), &grad, lr, train.grad_clip);
+            state.adam.set_lr(lr);
+            grad_norm = state.adam.step(trainer.flow.params_mut(), &grad);
             consecutive = 0;
         } else {
             state.skipped += 1;
@@ -563,40 +514,7 @@ fn resume(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::{Schedule, TrainSection};
-    use boltzflow_flow::Adam;
-    use rand::RngExt;
-
-    /// The resumable Adam reproduces the flow crate's Adam bitwise, with and without clipping,
-    /// and survives a JSON round trip unchanged.
-    #[test]
-    fn adam_state_matches_the_flow_crate_adam_bitwise() {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
-        for clip in [None, Some(0.5)] {
-            let n = 37;
-            let mut ours = vec![0f32; n];
-            for p in &mut ours {
-                *p = rng.random::<f32>() - 0.5;
-            }
-            let mut theirs = ours.clone();
-            let mut state = AdamState::new(n);
-            let config = AdamConfig {
-                lr: 3e-3,
-                grad_clip: clip,
-                ..AdamConfig::default()
-            };
-            let mut adam = Adam::new(config, n).unwrap();
-            for _ in 0..50 {
-                let grad: Vec<f32> = (0..n).map(|_| 2.0 * rng.random::<f32>() - 1.0).collect();
-                let a = state.step(&mut ours, &grad, 3e-3, clip);
-                let b = adam.step(&mut theirs, &grad);
-                assert_eq!(a.to_bits(), b.to_bits());
-                state = serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
-            }
-            assert_eq!(ours, theirs);
-        }
-    }
 
     /// The schedules: constant, cosine from lr to ~0, step decay by gamma every step_every.
     #[test]
@@ -606,6 +524,9 @@ mod tests {
         t.schedule = Schedule::Cosine;
         assert_eq!(t.lr_at(0), 0.01);
         assert!((t.lr_at(50) - 0.005).abs() < 1e-15);
+        t.lr_min = 1e-4;
+        assert!((t.lr_at(100) - 1e-4).abs() < 1e-15);
+        assert!((t.lr_at(50) - 0.00505).abs() < 1e-15);
         t.schedule = Schedule::Step;
         t.step_every = Some(30);
         assert_eq!(t.lr_at(29), 0.01);

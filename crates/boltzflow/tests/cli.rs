@@ -243,13 +243,18 @@ fn kill_and_resume(
         if out.exists() {
             args.push("--resume");
         }
-        let mut child = bin().args(&args).spawn().unwrap();
+        let mut child = bin()
+            .args(&args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while committed_draws(out) < target {
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "the run ended before draw {target}"
-            );
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).ok();
+                panic!("the run ended ({status}) before draw {target}: {stderr}");
+            }
             assert!(
                 std::time::Instant::now() < deadline,
                 "no progress to draw {target}"
@@ -291,9 +296,9 @@ fn killed_run_resumes_into_the_uninterrupted_chain() {
     // Metropolis (per-block seeds) and HMC (adapted step size in the sampler state).
     let samplers = [
         "sampler = \"metropolis\"\nchains = 2\nseed = 11\nthermalization = 10\n\
-         draws = 1500\nsteps_per_draw = 10\nblock = 25\n",
+         draws = 1500\nsteps_per_draw = 40\nblock = 25\n",
         "sampler = \"hmc\"\nchains = 2\nseed = 12\nthermalization = 50\n\
-         draws = 1500\nsteps_per_draw = 2\nblock = 25\n",
+         draws = 1500\nsteps_per_draw = 8\nblock = 25\n",
     ];
     for mcmc in samplers {
         let dir = tempfile::tempdir().unwrap();
