@@ -82,9 +82,21 @@ pub(crate) fn reopen_for_writing(path: &Path) -> hdf5::Result<File> {
         .to_str()
         .and_then(|p| CString::new(p).ok())
         .ok_or_else(|| hdf5::Error::from("the path is not valid UTF-8 without NUL"))?;
-    // SAFETY: valid NUL-terminated name and live property list; the returned id is owned by
-    // the `File` built from it.
-    let id = hdf5::sync::sync(|| unsafe { H5Fopen(name.as_ptr(), H5F_ACC_RDWR, fapl.id()) });
+    // A reader (`analyze`, h5py) holds HDF5's shared file lock while it opens the file, which
+    // makes an exclusive open fail for that moment: retry for about two seconds before giving
+    // up (a process that really writes the file holds the lock far longer).
+    let mut id = -1;
+    for attempt in 0..40 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // SAFETY: valid NUL-terminated name and live property list; the returned id is owned
+        // by the `File` built from it.
+        id = hdf5::sync::sync(|| unsafe { H5Fopen(name.as_ptr(), H5F_ACC_RDWR, fapl.id()) });
+        if id >= 0 {
+            break;
+        }
+    }
     if id < 0 {
         return Err(hdf5::Error::from(
             "H5Fopen failed (is another process writing the file, or is it not writable?)",

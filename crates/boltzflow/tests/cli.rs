@@ -7,6 +7,17 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+/// Tests in this binary run one at a time: a child process inherits every file descriptor the
+/// test process has open at its spawn, HDF5's file locks included, so a child started by one
+/// test while another test reads an ensemble would hold that file locked.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_boltzflow"))
 }
@@ -56,6 +67,7 @@ const HMC: &str =
 
 #[test]
 fn bad_input_gives_one_line_and_writes_nothing() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.h5");
     let out_arg = out.to_str().unwrap();
@@ -115,6 +127,7 @@ fn bad_input_gives_one_line_and_writes_nothing() {
 
 #[test]
 fn resume_refuses_another_config_and_refuses_to_overwrite() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), FREE_FIELD, HMC);
     let out = dir.path().join("run.h5");
@@ -154,6 +167,7 @@ fn analyze_json(path: &Path) -> Value {
 
 #[test]
 fn free_field_hmc_matches_exact_values() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mcmc = HMC
         .replace("draws = 400", "draws = 4000")
@@ -292,6 +306,7 @@ fn kill_and_resume(
 
 #[test]
 fn killed_run_resumes_into_the_uninterrupted_chain() {
+    let _serial = serial();
     let lattice = "theory = \"phi4\"\nshape = [16, 16]\nm2 = -4.0\nlam = 8.0\n";
     // Metropolis (per-block seeds) and HMC (adapted step size in the sampler state).
     let samplers = [
@@ -328,6 +343,7 @@ fn killed_run_resumes_into_the_uninterrupted_chain() {
 
 #[test]
 fn shipped_lattices_and_configs_parse() {
+    let _serial = serial();
     for entry in std::fs::read_dir(repo().join("lattices")).unwrap() {
         let path = entry.unwrap().path();
         let out = run(&["exact", path.to_str().unwrap(), "--json"]);
@@ -378,6 +394,7 @@ fn shipped_lattices_and_configs_parse() {
 
 #[test]
 fn h5py_reads_an_ensemble() {
+    let _serial = serial();
     let has_h5py = Command::new("python3")
         .args(["-c", "import h5py"])
         .status()
