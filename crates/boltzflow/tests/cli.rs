@@ -49,6 +49,22 @@ fn assert_one_line_error(out: &Output, needles: &[&str]) {
     }
 }
 
+/// Runs `mcmc config --out out --quiet` and asserts that it succeeds.
+fn run_mcmc(config: &Path, out: &Path) {
+    let result = run(&[
+        "mcmc",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+}
+
 /// Writes a lattice file and a config naming it into `dir`; returns the config path.
 fn write_config(dir: &Path, lattice: &str, mcmc: &str) -> PathBuf {
     std::fs::write(dir.join("lattice.toml"), lattice).unwrap();
@@ -174,18 +190,7 @@ fn free_field_hmc_matches_exact_values() {
         .replace("block = 50", "block = 1000");
     let config = write_config(dir.path(), FREE_FIELD, &mcmc);
     let out = dir.path().join("free.h5");
-    let result = run(&[
-        "mcmc",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
-    );
+    run_mcmc(&config, &out);
 
     let report = analyze_json(&out);
     let exact = run(&["exact", config.to_str().unwrap(), "--json"]);
@@ -319,18 +324,7 @@ fn killed_run_resumes_into_the_uninterrupted_chain() {
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), lattice, mcmc);
         let reference = dir.path().join("reference.h5");
-        let result = run(&[
-            "mcmc",
-            config.to_str().unwrap(),
-            "--out",
-            reference.to_str().unwrap(),
-            "--quiet",
-        ]);
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        run_mcmc(&config, &reference);
         let expected = series_of(&reference);
         kill_and_resume(
             &config,
