@@ -42,6 +42,34 @@ pub struct RunConfig {
     /// Sampling a trained flow (`boltzflow sample`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sample: Option<SampleSection>,
+    /// Flow against MCMC baselines (`boltzflow compare`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<CompareSection>,
+}
+
+fn default_baselines() -> Vec<boltzflow_mcmc::SamplerKind> {
+    use boltzflow_mcmc::SamplerKind;
+    vec![
+        SamplerKind::Hmc,
+        SamplerKind::Metropolis,
+        SamplerKind::Wolff,
+    ]
+}
+fn default_compare_observables() -> Vec<String> {
+    vec!["chi2".into(), "abs_m".into()]
+}
+
+/// `[compare]`: which MCMC baselines to run beside the flow and which observables to tabulate.
+/// Each baseline runs the config's `[mcmc]` section with `sampler` replaced.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CompareSection {
+    /// Samplers to run (default `["hmc", "metropolis", "wolff"]`); the first is the reference.
+    #[serde(default = "default_baselines")]
+    pub baselines: Vec<boltzflow_mcmc::SamplerKind>,
+    /// Observables to tabulate (default `["chi2", "abs_m"]`).
+    #[serde(default = "default_compare_observables")]
+    pub observables: Vec<String>,
 }
 
 fn default_layers() -> usize {

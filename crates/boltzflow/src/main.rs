@@ -2,6 +2,7 @@
 //! analyse ensembles with honest errors, and print exact reference values.
 
 mod analyze;
+mod compare;
 mod config;
 mod mcmc;
 mod output;
@@ -50,6 +51,9 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Train a flow, sample it, run MCMC baselines ([compare]) and write DIR/report.md with
+    /// tables, costs per independent sample and SVG plots.
+    Compare(compare::CompareArgs),
     /// Analyse an ensemble file: means, errors, tau_int, R-hat, deviation from exact values.
     Analyze {
         /// HDF5 file written by boltzflow.
@@ -118,6 +122,11 @@ fn run(command: Command) -> Result<()> {
             if !quiet {
                 summarise(&path);
             }
+            Ok(())
+        }
+        Command::Compare(args) => {
+            let report = compare::run(&args)?;
+            println!("report: {}", report.display());
             Ok(())
         }
         Command::Analyze { file, json } => {

@@ -1,0 +1,781 @@
+//! `boltzflow compare`: train a flow, sample it, run MCMC baselines on the same lattice, and
+//! write a Markdown report with tables, costs per effectively independent sample and SVG plots.
+//!
+//! Cost of one effectively independent sample of an observable with integrated autocorrelation
+//! time tau_int over N draws (all chains) taking wall time T and e action evaluations per draw:
+//! wall seconds T / (N / (2 tau_int)) and action evaluations 2 tau_int e. For reweighted flow
+//! samples the number of independent samples is the effective sample size ESS = (ESS/N) N.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+use boltzflow_mcmc::{SamplerKind, build_sampler};
+use boltzflow_store::EnsembleReader;
+
+use crate::analyze::{self, Report, format_value};
+use crate::config::{CompareSection, Loaded};
+use crate::output::RunArgs;
+use crate::sample::{self, SampleArgs};
+use crate::train;
+
+/// Options of `boltzflow compare`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct CompareArgs {
+    /// Run config (TOML): a lattice file, [flow], [train], [sample], [mcmc] and [compare].
+    pub config: PathBuf,
+    /// Override a config key by its dotted path: --set train.steps=500 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Output directory (default runs/<config name>/).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Use this trained model (DIR/model.json) instead of training one.
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Overwrite existing outputs.
+    #[arg(long)]
+    pub force: bool,
+    /// No progress bars and no summary table.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// One row of an observable table: a method's estimate and its cost.
+struct Row {
+    method: String,
+    mean: f64,
+    err: f64,
+    /// None for reweighted estimates (no chain).
+    tau_int: Option<f64>,
+    exact: Option<f64>,
+    sigma: Option<f64>,
+    /// Effectively independent samples.
+    independent: f64,
+    wall_s: f64,
+    /// Action evaluations per draw.
+    evals_per_draw: f64,
+    /// Draws in total.
+    n: f64,
+}
+
+impl Row {
+    fn wall_per_independent(&self) -> f64 {
+        self.wall_s / self.independent
+    }
+    fn evals_per_independent(&self) -> f64 {
+        self.evals_per_draw * self.n / self.independent
+    }
+}
+
+/// Runs every stage and returns the path of report.md.
+pub fn run(args: &CompareArgs) -> Result<PathBuf> {
+    let path = &args.config;
+    let loaded = Loaded::read(path, &args.overrides)?;
+    let compare: CompareSection = loaded.config.compare.clone().ok_or_else(|| {
+        anyhow!(
+            "{} has no [compare] section; add one (see configs/compare_phi4_L8.toml)",
+            path.display()
+        )
+    })?;
+    // Everything is validated before any file is touched.
+    if compare.observables.is_empty() {
+        bail!("compare.observables is empty; list some, e.g. [\"chi2\", \"abs_m\"]");
+    }
+    for (i, b) in compare.baselines.iter().enumerate() {
+        if compare.baselines[..i].contains(b) {
+            bail!(
+                "compare.baselines lists \"{}\" twice; list each sampler once",
+                b.name()
+            );
+        }
+    }
+    if !compare.baselines.is_empty() {
+        let mcmc = loaded.mcmc(path)?;
+        for &kind in &compare.baselines {
+            let mut config = mcmc.clone();
+            config.sampler = kind;
+            config
+                .validate()
+                .with_context(|| format!("baseline {}", kind.name()))?;
+            build_sampler(&config, &loaded.lattice.target)
+                .with_context(|| format!("baseline {}", kind.name()))?;
+        }
+    }
+    if args.model.is_none() {
+        loaded.training(path)?;
+    }
+    loaded.sampling(path)?;
+    train::flow_shape(&loaded.lattice.target, path)?;
+    let target = loaded.lattice.target.build()?;
+    let known: Vec<String> = target
+        .observables()
+        .iter()
+        .map(|o| o.name().to_string())
+        .chain(target.derived().iter().map(|d| d.name.to_string()))
+        .collect();
+    for o in &compare.observables {
+        if !known.contains(o) {
+            bail!(
+                "compare.observables: the target has no observable \"{o}\"; choose from {}",
+                known.join(", ")
+            );
+        }
+    }
+
+    let dir = args.out.clone().unwrap_or_else(|| train::default_dir(path));
+    let flow_dir = dir.join("flow");
+    let sample_path = dir.join("flow_sample.h5");
+    let report_path = dir.join("report.md");
+    let baseline_path = |k: SamplerKind| dir.join(format!("{}.h5", k.name()));
+    if !args.force {
+        let mut outputs = vec![sample_path.clone(), report_path.clone()];
+        if args.model.is_none() {
+            outputs.push(flow_dir.join("model.json"));
+            outputs.push(flow_dir.join("train.h5"));
+        }
+        outputs.extend(compare.baselines.iter().map(|&k| baseline_path(k)));
+        if let Some(existing) = outputs.iter().find(|p| p.exists()) {
+            bail!(
+                "{} already exists; pass --force to overwrite it or choose another --out",
+                existing.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create output directory {}", dir.display()))?;
+
+    let run_args = |out: PathBuf, extra: Option<String>| RunArgs {
+        config: path.clone(),
+        overrides: args.overrides.iter().cloned().chain(extra).collect(),
+        out: Some(out),
+        resume: false,
+        force: args.force,
+        quiet: args.quiet,
+    };
+
+    // Training.
+    let (model, training) = match &args.model {
+        Some(model) => (model.clone(), None),
+        None => {
+            tracing::info!("compare: training into {}", flow_dir.display());
+            let start = Instant::now();
+            train::run(&run_args(flow_dir.clone(), None))?;
+            let wall = start.elapsed().as_secs_f64();
+            let report = analyze::analyze(&flow_dir.join("train.h5"))?;
+            (flow_dir.join("model.json"), Some((report, wall)))
+        }
+    };
+
+    // Sampling.
+    tracing::info!("compare: sampling into {}", sample_path.display());
+    let start = Instant::now();
+    sample::run(&SampleArgs {
+        run: run_args(sample_path.clone(), None),
+        model,
+    })?;
+    let sample_wall = start.elapsed().as_secs_f64();
+    let flow = analyze::analyze(&sample_path)?;
+
+    // Baselines.
+    let mut baselines = Vec::new();
+    for &kind in &compare.baselines {
+        let out = baseline_path(kind);
+        tracing::info!("compare: {} into {}", kind.name(), out.display());
+        let start = Instant::now();
+        mcmc_run(&run_args(
+            out.clone(),
+            Some(format!("mcmc.sampler={}", kind.name())),
+        ))?;
+        let wall = start.elapsed().as_secs_f64();
+        baselines.push((kind, analyze::analyze(&out)?, wall, out));
+    }
+
+    // Tables.
+    let mut tables: Vec<(String, Vec<Row>)> = Vec::new();
+    for name in &compare.observables {
+        tables.push((name.clone(), rows(name, &flow, sample_wall, &baselines)?));
+    }
+
+    // Plots.
+    let mut plots = Vec::new();
+    if let Some((report, _)) = &training
+        && let Some(series) = &report.series
+    {
+        let svg = training_svg(series);
+        write(&dir.join("training.svg"), &svg)?;
+        plots.push(("Training curves", "training.svg"));
+    }
+    if let Some(svg) = histogram_svg(&sample_path, &baselines)? {
+        write(&dir.join("abs_m_hist.svg"), &svg)?;
+        plots.push(("Histogram of |M|/V", "abs_m_hist.svg"));
+    }
+
+    let markdown = report_markdown(
+        path,
+        &loaded,
+        &flow,
+        sample_wall,
+        training.as_ref(),
+        &baselines,
+        &tables,
+        &plots,
+    );
+    write(&report_path, &markdown)?;
+    if !args.quiet {
+        print_summary(&tables, &baselines);
+    }
+    Ok(report_path)
+}
+
+fn mcmc_run(args: &RunArgs) -> Result<PathBuf> {
+    crate::mcmc::run(args)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The rows of one observable: flow-MH, reweighted, each baseline.
+fn rows(
+    name: &str,
+    flow: &Report,
+    sample_wall: f64,
+    baselines: &[(SamplerKind, Report, f64, PathBuf)],
+) -> Result<Vec<Row>> {
+    let mut rows = Vec::new();
+    let n_flow = (flow.draws * flow.chains) as f64;
+    if let Some(o) = flow.observables.get(name) {
+        rows.push(Row {
+            method: "flow-MH".into(),
+            mean: o.mean,
+            err: o.err,
+            tau_int: Some(o.tau_int),
+            exact: o.exact,
+            sigma: o.sigma,
+            independent: n_flow / (2.0 * o.tau_int),
+            wall_s: sample_wall,
+            evals_per_draw: 1.0,
+            n: n_flow,
+        });
+    }
+    if let Some(o) = flow.reweighted.as_ref().and_then(|r| r.get(name)) {
+        rows.push(Row {
+            method: "reweighted".into(),
+            mean: o.mean,
+            err: o.err,
+            tau_int: None,
+            exact: o.exact,
+            sigma: o.sigma,
+            independent: flow.ess.unwrap_or(f64::NAN) * n_flow,
+            wall_s: sample_wall,
+            evals_per_draw: 1.0,
+            n: n_flow,
+        });
+    }
+    for (kind, report, wall, file) in baselines {
+        let o = report
+            .observables
+            .get(name)
+            .with_context(|| format!("{}: observable {name} was not analysed", file.display()))?;
+        let n = (report.draws * report.chains) as f64;
+        rows.push(Row {
+            method: kind.name().into(),
+            mean: o.mean,
+            err: o.err,
+            tau_int: Some(o.tau_int),
+            exact: o.exact,
+            sigma: o.sigma,
+            independent: n / (2.0 * o.tau_int),
+            wall_s: *wall,
+            evals_per_draw: report.action_evals_per_draw,
+            n,
+        });
+    }
+    Ok(rows)
+}
+
+/// (mean - mean_ref) / sqrt(err^2 + err_ref^2).
+fn deviation(row: &Row, reference: Option<&Row>) -> Option<f64> {
+    let r = reference?;
+    let s = row.err.hypot(r.err);
+    (s > 0.0).then(|| (row.mean - r.mean) / s)
+}
+
+fn opt(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
+    x.map_or("-".into(), f)
+}
+
+fn sci(x: f64) -> String {
+    if !x.is_finite() {
+        "-".into()
+    } else if x == 0.0 || (1e-3..1e4).contains(&x.abs()) {
+        format!("{x:.4}")
+    } else {
+        format!("{x:.3e}")
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn report_markdown(
+    config: &Path,
+    loaded: &Loaded,
+    flow: &Report,
+    sample_wall: f64,
+    training: Option<&(Report, f64)>,
+    baselines: &[(SamplerKind, Report, f64, PathBuf)],
+    tables: &[(String, Vec<Row>)],
+    plots: &[(&str, &str)],
+) -> String {
+    let mut s = String::new();
+    let reference = baselines.first().map(|b| b.0.name()).unwrap_or("-");
+    let _ = writeln!(s, "# boltzflow compare: {}\n", config.display());
+    let _ = writeln!(
+        s,
+        "Lattice: `{}`. Generated {} by boltzflow {}.\n",
+        train::lattice_summary(&loaded.lattice),
+        crate::provenance::utc_now(),
+        crate::provenance::VERSION
+    );
+    let _ = writeln!(
+        s,
+        "Errors: Gamma method (flow-MH, MCMC; all chains), binned jackknife (reweighted). \
+         `vs {reference}` is (mean - mean_{reference}) / sqrt(err^2 + err_{reference}^2). \
+         Cost per effectively independent sample: wall s / (N / (2 tau_int)) and action \
+         evaluations per draw x 2 tau_int; for reweighted samples N / (2 tau_int) is replaced by \
+         ESS = (ESS/N) N. Wall times of MCMC runs include thermalisation; the flow's exclude \
+         training (listed separately).\n"
+    );
+    for (name, rows) in tables {
+        let first = rows.iter().find(|r| r.method == reference);
+        let _ = writeln!(s, "## {name}\n");
+        let _ = writeln!(
+            s,
+            "| method | mean | err | tau_int | vs {reference} (sigma) | exact | sigma | N | wall s | wall s / indep | action evals / indep |"
+        );
+        let _ = writeln!(
+            s,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for r in rows {
+            let dev = if r.method == reference {
+                "-".into()
+            } else {
+                opt(deviation(r, first), |d| format!("{d:+.2}"))
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} |",
+                r.method,
+                sci(r.mean),
+                sci(r.err),
+                opt(r.tau_int, |t| format!("{t:.2}")),
+                dev,
+                opt(r.exact, sci),
+                opt(r.sigma, |x| format!("{x:+.2}")),
+                r.n,
+                r.wall_s,
+                sci(r.wall_per_independent()),
+                sci(r.evals_per_independent()),
+            );
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "## Flow\n");
+    match training {
+        Some((report, wall)) => {
+            if let Some(t) = &report.training {
+                let _ = writeln!(
+                    s,
+                    "- training: {} steps in {wall:.2} s ({:.1} steps/s); final ESS/N {:.4}, \
+                     MH acceptance {:.4}, loss {}",
+                    t.steps,
+                    t.steps_per_s,
+                    t.ess,
+                    t.acceptance,
+                    format_value(t.loss, t.loss_err)
+                );
+            }
+        }
+        None => {
+            let _ = writeln!(s, "- training: none here (a trained model was given)");
+        }
+    }
+    let _ = writeln!(
+        s,
+        "- sampling: {} samples in {sample_wall:.2} s",
+        flow.draws
+    );
+    if let Some(ess) = flow.ess {
+        let _ = writeln!(s, "- ESS/N: {ess:.4}");
+    }
+    if let Some(l) = &flow.ln_z {
+        let _ = writeln!(
+            s,
+            "- ln Z: {}{}",
+            format_value(l.mean, l.err),
+            match (l.exact, l.sigma) {
+                (Some(x), Some(sg)) => format!(" (exact {x:.6}, {sg:+.2} sigma)"),
+                _ => String::new(),
+            }
+        );
+    }
+    if let Some(mh) = &flow.mh {
+        let _ = writeln!(
+            s,
+            "- MH acceptance: {:.4} (longest rejection run {})",
+            mh.acceptance, mh.longest_rejection_run
+        );
+    }
+    if !baselines.is_empty() {
+        let _ = writeln!(s, "\n## Baselines\n");
+        for (kind, report, wall, file) in baselines {
+            let _ = writeln!(
+                s,
+                "- {}: {} chains x {} draws in {wall:.2} s, acceptance {:.4}, {:.1} action evals/draw ({})",
+                kind.name(),
+                report.chains,
+                report.draws,
+                report.acceptance,
+                report.action_evals_per_draw,
+                file.file_name().unwrap_or_default().to_string_lossy()
+            );
+        }
+    }
+    if !plots.is_empty() {
+        let _ = writeln!(s, "\n## Plots\n");
+        for (title, file) in plots {
+            let _ = writeln!(s, "- [{title}]({file})\n\n  ![{title}]({file})");
+        }
+    }
+    s
+}
+
+fn print_summary(tables: &[(String, Vec<Row>)], baselines: &[(SamplerKind, Report, f64, PathBuf)]) {
+    let reference = baselines.first().map(|b| b.0.name());
+    println!(
+        "{:<10} {:<11} {:>20} {:>8} {:>8} {:>12} {:>12}",
+        "observable", "method", "value", "tau_int", "vs ref", "s/indep", "evals/indep"
+    );
+    for (name, rows) in tables {
+        let first = rows.iter().find(|r| Some(r.method.as_str()) == reference);
+        for r in rows {
+            let dev = if Some(r.method.as_str()) == reference {
+                "-".into()
+            } else {
+                opt(deviation(r, first), |d| format!("{d:+.2}"))
+            };
+            println!(
+                "{:<10} {:<11} {:>20} {:>8} {:>8} {:>12} {:>12}",
+                name,
+                r.method,
+                format_value(r.mean, r.err),
+                opt(r.tau_int, |t| format!("{t:.2}")),
+                dev,
+                sci(r.wall_per_independent()),
+                sci(r.evals_per_independent())
+            );
+        }
+    }
+}
+
+// ---- SVG ----------------------------------------------------------------------------------
+
+const COLORS: [&str; 6] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+];
+
+/// A curve: label, colour and finite (x, y) points.
+struct Curve {
+    label: String,
+    color: &'static str,
+    points: Vec<(f64, f64)>,
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// (lo, hi) of the values, widened when degenerate.
+fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in values.filter(|v| v.is_finite()) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    if !lo.is_finite() {
+        return (0.0, 1.0);
+    }
+    if hi - lo <= 1e-12 * lo.abs().max(1.0) {
+        return (lo - 0.5, hi + 0.5);
+    }
+    (lo, hi)
+}
+
+fn tick(x: f64) -> String {
+    if x == 0.0 || (1e-2..1e4).contains(&x.abs()) {
+        format!("{x:.3}")
+    } else {
+        format!("{x:.2e}")
+    }
+}
+
+/// A panel at offset (x0, y0) of size w x h with axes, 5 ticks per axis, labels and a legend.
+fn panel(
+    svg: &mut String,
+    (x0, y0, w, h): (f64, f64, f64, f64),
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    curves: &[Curve],
+) {
+    let (ml, mr, mt, mb) = (70.0, 15.0, 30.0, 45.0);
+    let (pw, ph) = (w - ml - mr, h - mt - mb);
+    let (xl, xh) = range(curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)));
+    let (yl, yh) = range(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
+    let px = |x: f64| x0 + ml + (x - xl) / (xh - xl) * pw;
+    let py = |y: f64| y0 + mt + ph - (y - yl) / (yh - yl) * ph;
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{:.1}" y="{:.1}" width="{pw:.1}" height="{ph:.1}" fill="none" stroke="black"/>"#,
+        x0 + ml,
+        y0 + mt
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">{}</text>"#,
+        x0 + ml + pw / 2.0,
+        y0 + 20.0,
+        escape(title)
+    );
+    for i in 0..=4 {
+        let f = i as f64 / 4.0;
+        let (x, y) = (xl + f * (xh - xl), yl + f * (yh - yl));
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
+            px(x),
+            y0 + mt + ph + 15.0,
+            tick(x)
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"#,
+            x0 + ml - 4.0,
+            py(y) + 4.0,
+            tick(y)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12">{}</text>"#,
+        x0 + ml + pw / 2.0,
+        y0 + h - 8.0,
+        escape(xlabel)
+    );
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
+        x0 + 14.0,
+        y0 + mt + ph / 2.0,
+        x0 + 14.0,
+        y0 + mt + ph / 2.0,
+        escape(ylabel)
+    );
+    for (i, c) in curves.iter().enumerate() {
+        let points: Vec<String> = c
+            .points
+            .iter()
+            .filter(|p| p.0.is_finite() && p.1.is_finite())
+            .map(|&(x, y)| format!("{:.2},{:.2}", px(x), py(y)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
+            c.color,
+            points.join(" ")
+        );
+        let ly = y0 + mt + 14.0 + 15.0 * i as f64;
+        let lx = x0 + ml + pw - 130.0;
+        let _ = writeln!(
+            svg,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="14" height="4" fill="{}"/>"#,
+            ly - 5.0,
+            c.color
+        );
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{ly:.1}" font-size="11">{}</text>"#,
+            lx + 18.0,
+            escape(&c.label)
+        );
+    }
+}
+
+fn svg_document(width: f64, height: f64, body: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
+    )
+}
+
+/// Loss and ESS/N against the training step, side by side.
+fn training_svg(series: &BTreeMap<String, Vec<f64>>) -> String {
+    let empty = Vec::new();
+    let step = series.get("step").unwrap_or(&empty);
+    let curve = |name: &str, label: &str, color| Curve {
+        label: label.into(),
+        color,
+        points: step
+            .iter()
+            .zip(series.get(name).unwrap_or(&empty))
+            .map(|(&x, &y)| (x, y))
+            .collect(),
+    };
+    let mut body = String::new();
+    panel(
+        &mut body,
+        (0.0, 0.0, 480.0, 340.0),
+        "reverse-KL loss",
+        "step",
+        "loss",
+        &[curve("loss", "loss", COLORS[0])],
+    );
+    panel(
+        &mut body,
+        (480.0, 0.0, 480.0, 340.0),
+        "ESS/N",
+        "step",
+        "ESS/N",
+        &[curve("ess", "ESS/N", COLORS[1])],
+    );
+    svg_document(960.0, 340.0, &body)
+}
+
+/// Normalised densities of `values` with `weights` over `bins` bins on [lo, hi], as the
+/// corners of a step curve.
+fn density(
+    values: &[f64],
+    weights: Option<&[f64]>,
+    lo: f64,
+    hi: f64,
+    bins: usize,
+) -> Vec<(f64, f64)> {
+    let width = (hi - lo) / bins as f64;
+    let mut counts = vec![0.0; bins];
+    for (i, &v) in values.iter().enumerate() {
+        let w = weights.map_or(1.0, |w| w[i]);
+        if !v.is_finite() || !w.is_finite() {
+            continue;
+        }
+        let b = (((v - lo) / width) as usize).min(bins - 1);
+        counts[b] += w;
+    }
+    let total: f64 = counts.iter().sum();
+    let mut points = Vec::with_capacity(2 * bins + 2);
+    points.push((lo, 0.0));
+    for (b, c) in counts.iter().enumerate() {
+        let d = if total > 0.0 {
+            c / (total * width)
+        } else {
+            0.0
+        };
+        points.push((lo + b as f64 * width, d));
+        points.push((lo + (b + 1) as f64 * width, d));
+    }
+    points.push((hi, 0.0));
+    points
+}
+
+/// Weights exp(log w - LSE(log w)), summing to 1 (0 for non-finite log w).
+fn normalised_weights(log_w: &[f64]) -> Vec<f64> {
+    let max = log_w
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return vec![0.0; log_w.len()];
+    }
+    let lse = max
+        + log_w
+            .iter()
+            .filter(|l| l.is_finite())
+            .map(|l| (l - max).exp())
+            .sum::<f64>()
+            .ln();
+    log_w
+        .iter()
+        .map(|&l| if l.is_finite() { (l - lse).exp() } else { 0.0 })
+        .collect()
+}
+
+/// Overlaid histograms of |M|/V: flow proposals, reweighted flow, each baseline (all chains).
+/// None when the sample file has no `abs_m` series.
+fn histogram_svg(
+    sample: &Path,
+    baselines: &[(SamplerKind, Report, f64, PathBuf)],
+) -> Result<Option<String>> {
+    let reader = EnsembleReader::open(sample)?;
+    if !reader.series_names().iter().any(|n| n == "abs_m") {
+        return Ok(None);
+    }
+    let flow = reader.series("abs_m")?.swap_remove(0);
+    let log_w = reader.series("log_w")?.swap_remove(0);
+    let weights = normalised_weights(&log_w);
+    let mut sets: Vec<(String, Vec<f64>, Option<Vec<f64>>)> = vec![
+        ("flow proposals".into(), flow.clone(), None),
+        ("flow reweighted".into(), flow, Some(weights)),
+    ];
+    for (kind, _, _, file) in baselines {
+        let r = EnsembleReader::open(file)?;
+        sets.push((kind.name().into(), r.series("abs_m")?.concat(), None));
+    }
+    let (lo, hi) = range(sets.iter().flat_map(|s| s.1.iter().copied()));
+    let lo = lo.min(0.0);
+    let curves: Vec<Curve> = sets
+        .iter()
+        .enumerate()
+        .map(|(i, (label, values, weights))| Curve {
+            label: label.clone(),
+            color: COLORS[i % COLORS.len()],
+            points: density(values, weights.as_deref(), lo, hi, 40),
+        })
+        .collect();
+    let mut body = String::new();
+    panel(
+        &mut body,
+        (0.0, 0.0, 640.0, 420.0),
+        "histogram of |M|/V",
+        "|M|/V",
+        "density",
+        &curves,
+    );
+    Ok(Some(svg_document(640.0, 420.0, &body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_normalised_and_density_integrates_to_one() {
+        let w = normalised_weights(&[0.0, 1.0, f64::NEG_INFINITY, 1000.0]);
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!(w[2], 0.0);
+        let values = [0.1, 0.2, 0.25, 0.9];
+        let d = density(&values, None, 0.0, 1.0, 10);
+        // the step curve's area: sum over bins of density x width
+        let area: f64 = d[1..d.len() - 1]
+            .chunks(2)
+            .map(|p| p[0].1 * (p[1].0 - p[0].0))
+            .sum();
+        assert!((area - 1.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,119 @@
+//! End-to-end tests of `boltzflow compare` on a tiny free field (L = 4, m2 = 4, lam = 0): the
+//! report names every method and links SVG plots, and a config with baselines but no [mcmc]
+//! fails with one line before writing anything.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_boltzflow"))
+        .args(args)
+        .args(["--log", "warn"])
+        .output()
+        .expect("boltzflow runs")
+}
+
+const FREE_L4: &str = "theory = \"phi4\"\nshape = [4, 4]\nm2 = 4.0\nlam = 0.0\n";
+
+const FLOW: &str = "[flow]\nlayers = 2\nhidden = [8, 8]\nseed = 1\n\n\
+[train]\nsteps = 50\nbatch = 64\nlr = 3e-3\neval_every = 10\neval_batch = 256\nseed = 2\n\n\
+[sample]\nsamples = 2048\nbatch = 1024\nseed = 3\n\n\
+[compare]\nbaselines = [\"hmc\", \"metropolis\"]\nobservables = [\"chi2\", \"abs_m\"]\n";
+
+const MCMC: &str = "\n[mcmc]\nsampler = \"hmc\"\nchains = 2\nseed = 4\nthermalization = 100\n\
+draws = 500\nblock = 250\n";
+
+fn write_config(dir: &Path, recipe: &str) -> PathBuf {
+    std::fs::write(dir.join("lattice.toml"), FREE_L4).unwrap();
+    let config = dir.join("run.toml");
+    std::fs::write(&config, format!("lattice = \"lattice.toml\"\n\n{recipe}")).unwrap();
+    config
+}
+
+#[test]
+fn compare_writes_report_with_every_method_and_svg_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &format!("{FLOW}{MCMC}"));
+    let out = dir.path().join("cmp");
+    let o = run(&[
+        "compare",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        o.status.success(),
+        "compare failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("report.md"), "{stdout}");
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for needle in [
+        "## chi2",
+        "## abs_m",
+        "| flow-MH |",
+        "| reweighted |",
+        "| hmc |",
+        "| metropolis |",
+        "ESS/N",
+        "ln Z",
+        "MH acceptance",
+        "training.svg",
+        "abs_m_hist.svg",
+    ] {
+        assert!(
+            report.contains(needle),
+            "`{needle}` missing from:\n{report}"
+        );
+    }
+    // Two tables with one row per method each.
+    assert_eq!(report.matches("| flow-MH |").count(), 2, "{report}");
+    for svg in ["training.svg", "abs_m_hist.svg"] {
+        let text = std::fs::read_to_string(out.join(svg)).unwrap();
+        assert!(
+            text.starts_with("<svg"),
+            "{svg}: {}",
+            &text[..40.min(text.len())]
+        );
+        assert!(text.trim_end().ends_with("</svg>"), "{svg}");
+        assert!(text.contains("<polyline"), "{svg}");
+        assert_eq!(
+            text.matches('<').count(),
+            text.matches('>').count(),
+            "{svg}: unbalanced tags"
+        );
+    }
+    for file in [
+        "flow/model.json",
+        "flow/train.h5",
+        "flow_sample.h5",
+        "hmc.h5",
+        "metropolis.h5",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+}
+
+#[test]
+fn baselines_without_mcmc_section_fail_with_one_line_and_write_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), FLOW);
+    let out = dir.path().join("cmp");
+    let o = run(&[
+        "compare",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "expected failure; stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line, got: {stderr}");
+    assert!(
+        lines[0].starts_with("error: ") && lines[0].contains("[mcmc]"),
+        "{stderr}"
+    );
+    assert!(!out.exists(), "compare wrote {}", out.display());
+}
