@@ -420,37 +420,49 @@ impl<T: Real> AffineFlow<T> {
         }
     }
 
+    /// The shared first half of a layer in either direction: copies field slot `slot_in` to
+    /// `slot_out`, runs layer `l`'s conditioner on the masked input (frozen sites only) with
+    /// activations in `slot_act`, and returns the output slot with the scale s and shift t
+    /// planes (`[V, n]`, meaningful on the active sites) and the log-det accumulators.
+    fn condition<'w>(
+        &self,
+        ws: &'w mut Workspace<T>,
+        l: usize,
+        slot_in: usize,
+        slot_out: usize,
+        slot_act: usize,
+    ) -> (&'w mut [T], &'w [T], &'w [T], &'w mut [f64]) {
+        let plane = self.volume() * ws.lanes;
+        let (frozen, active) = self.layer_sites(l);
+        let (input, output) = two_slots(&mut ws.fields, plane, slot_in, slot_out);
+        output.copy_from_slice(input);
+        self.mask(input, frozen, ws.lanes, &mut ws.masked[..plane]);
+        let acts = &mut ws.activations[slot_act];
+        self.net.forward(
+            &self.stencil,
+            self.layer_params(&self.params, l),
+            &ws.masked[..plane],
+            ws.lanes,
+            active,
+            acts_view(acts, &self.net, plane),
+        );
+        let st = &acts[acts.len() - 1];
+        let (s, t) = st[..2 * plane].split_at(plane);
+        (output, s, t, &mut ws.log_det[..ws.lanes])
+    }
+
     /// Forward pass of one chunk through every layer (saving every layer's input and
     /// activations when `save`).
     fn chunk_forward(&self, ws: &mut Workspace<T>, chunk: &[T], save: bool) {
         self.load(ws, chunk);
-        let (v, n) = (self.volume(), ws.lanes);
-        let plane = v * n;
+        let n = ws.lanes;
         for l in 0..self.config.layers {
             let (slot_in, slot_out, slot_act) = self.slots(l, save);
-            let (frozen, active) = self.layer_sites(l);
-            let (input, output) = two_slots(&mut ws.fields, plane, slot_in, slot_out);
-            output.copy_from_slice(input);
-            self.mask(input, frozen, n, &mut ws.masked[..plane]);
-            let acts = &mut ws.activations[slot_act];
-            self.net.forward(
-                &self.stencil,
-                self.layer_params(&self.params, l),
-                &ws.masked[..plane],
-                n,
-                active,
-                acts_view(acts, &self.net, plane),
-            );
-            let st = &acts[acts.len() - 1];
-            let (s, t) = st[..2 * plane].split_at(plane);
+            let active = self.layer_sites(l).1;
+            let (output, s, t, log_det) = self.condition(ws, l, slot_in, slot_out, slot_act);
             for &site in active {
                 let r = site as usize * n..(site as usize + 1) * n;
-                coupling::forward(
-                    &mut output[r.clone()],
-                    &s[r.clone()],
-                    &t[r],
-                    &mut ws.log_det[..n],
-                );
+                coupling::forward(&mut output[r.clone()], &s[r.clone()], &t[r], log_det);
             }
         }
     }
@@ -478,33 +490,14 @@ impl<T: Real> AffineFlow<T> {
     /// Inverse pass of one chunk: layers in reverse, x = (y - t) e^(-s) on active sites.
     fn chunk_inverse(&self, ws: &mut Workspace<T>, chunk: &[T]) -> (Vec<T>, Vec<f64>) {
         self.load(ws, chunk);
-        let (v, n) = (self.volume(), ws.lanes);
-        let plane = v * n;
+        let n = ws.lanes;
         let mut slot = 0;
         for l in (0..self.config.layers).rev() {
-            let (frozen, active) = self.layer_sites(l);
-            let (input, output) = two_slots(&mut ws.fields, plane, slot, 1 - slot);
-            output.copy_from_slice(input);
-            self.mask(input, frozen, n, &mut ws.masked[..plane]);
-            let acts = &mut ws.activations[0];
-            self.net.forward(
-                &self.stencil,
-                self.layer_params(&self.params, l),
-                &ws.masked[..plane],
-                n,
-                active,
-                acts_view(acts, &self.net, plane),
-            );
-            let st = &acts[acts.len() - 1];
-            let (s, t) = st[..2 * plane].split_at(plane);
+            let active = self.layer_sites(l).1;
+            let (output, s, t, log_det) = self.condition(ws, l, slot, 1 - slot, 0);
             for &site in active {
                 let r = site as usize * n..(site as usize + 1) * n;
-                coupling::inverse(
-                    &mut output[r.clone()],
-                    &s[r.clone()],
-                    &t[r],
-                    &mut ws.log_det[..n],
-                );
+                coupling::inverse(&mut output[r.clone()], &s[r.clone()], &t[r], log_det);
             }
             slot = 1 - slot;
         }

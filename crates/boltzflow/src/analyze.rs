@@ -10,7 +10,7 @@ use serde::Serialize;
 use boltzflow_mcmc::chains::SAMPLER_SERIES;
 use boltzflow_stats::{Estimate, gamma_method, gamma_method_derived, split_rhat};
 use boltzflow_store::EnsembleReader;
-use boltzflow_targets::LatticeFile;
+use boltzflow_targets::{LatticeFile, Target};
 
 /// Wolff's S parameter of the automatic window.
 const S_TAU: f64 = 2.0;
@@ -279,31 +279,16 @@ pub fn analyze(path: &Path) -> Result<Report> {
             Err(e) => tracing::warn!("{}: observable {name} not analysed: {e}", path.display()),
         }
     }
-    for derived in target.derived() {
-        let Some(inputs) = derived
-            .inputs
-            .iter()
-            .map(|n| {
-                series
-                    .get(*n)
-                    .map(|c| c.iter().map(Vec::as_slice).collect::<Vec<_>>())
-            })
-            .collect::<Option<Vec<_>>>()
-        else {
-            continue;
-        };
-        let f = derived.f;
-        match gamma_method_derived(&inputs, &|means: &[f64]| f(means), S_TAU) {
-            Ok(estimate) => {
-                let exact_value = exact.get(derived.name).copied();
-                observables.insert(
-                    derived.name.to_string(),
-                    report(estimate, None, exact_value),
-                );
-            }
-            Err(e) => tracing::warn!("{}: {e}", derived.name),
-        }
-    }
+    insert_derived(
+        target.as_ref(),
+        |name| {
+            series
+                .get(name)
+                .map(|c| c.iter().map(Vec::as_slice).collect())
+        },
+        &exact,
+        &mut observables,
+    );
     let exact_vectors = target.exact_vectors();
     let mut vectors = BTreeMap::new();
     for name in reader.vector_names() {
@@ -471,26 +456,12 @@ fn analyze_sample(
                 }
             }
         }
-        for derived in target.derived() {
-            let Some(inputs) = derived
-                .inputs
-                .iter()
-                .map(|n| chain.get(n).map(|c| vec![c.as_slice()]))
-                .collect::<Option<Vec<_>>>()
-            else {
-                continue;
-            };
-            let f = derived.f;
-            match gamma_method_derived(&inputs, &|means: &[f64]| f(means), S_TAU) {
-                Ok(e) => {
-                    report.observables.insert(
-                        derived.name.to_string(),
-                        self::report(e, None, exact.get(derived.name).copied()),
-                    );
-                }
-                Err(e) => tracing::warn!("{}: {e}", derived.name),
-            }
-        }
+        insert_derived(
+            target,
+            |name| chain.get(name).map(|c| vec![c.as_slice()]),
+            &exact,
+            &mut report.observables,
+        );
         let acceptance = accepted.iter().sum::<f64>() / n as f64;
         let mut longest = 0;
         let mut run = 0;
@@ -505,6 +476,35 @@ fn analyze_sample(
         });
     }
     Ok(report)
+}
+
+/// Analyses the target's derived quantities (Binder cumulant, free-energy differences) by the
+/// Gamma method with linear error propagation; `replicas(name)` gives an observable's series
+/// per replica. A quantity whose inputs are missing is skipped; one that fails is logged.
+fn insert_derived<'a>(
+    target: &dyn Target,
+    replicas: impl Fn(&str) -> Option<Vec<&'a [f64]>>,
+    exact: &BTreeMap<String, f64>,
+    observables: &mut BTreeMap<String, ObservableReport>,
+) {
+    for derived in target.derived() {
+        let Some(inputs) = derived
+            .inputs
+            .iter()
+            .map(|n| replicas(n))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let f = derived.f;
+        match gamma_method_derived(&inputs, &|means: &[f64]| f(means), S_TAU) {
+            Ok(e) => {
+                let exact_value = exact.get(derived.name).copied();
+                observables.insert(derived.name.to_string(), report(e, None, exact_value));
+            }
+            Err(e) => tracing::warn!("{}: {e}", derived.name),
+        }
+    }
 }
 
 fn report(e: Estimate, rhat: Option<f64>, exact: Option<f64>) -> ObservableReport {
