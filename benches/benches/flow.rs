@@ -3,11 +3,18 @@
 //! tutorial affine coupling flow (16 layers, conv net [8, 8], 3x3 kernels; phi^4 at L = 8,
 //! m2 = -4, lam = 8) at batch 64: reverse-KL training steps (forward with saved activations,
 //! action and force, backward, Adam; throughput in steps) and sampling with log q (throughput
-//! in samples).
+//! in samples). Alongside: the spline model of `configs/flow_phi4_L8_spline.toml` (8 layers,
+//! K = 4, fewer parameters than the affine model) on the native kernels, and both models on
+//! the burn engine (ndarray backend, autodiff).
 
 use std::hint::black_box;
 
-use boltzflow_flow::{AdamConfig, AffineFlow, AffineFlowConfig, Trainer};
+use boltzflow_burn::{
+    Activation, BurnModel, Conditioner, CpuBackend, FlowConfig, Mask, Prior, Transform,
+};
+use boltzflow_flow::flow::NativeCoupling;
+use boltzflow_flow::{AdamConfig, AffineFlow, AffineFlowConfig, FlowModel, Trainer};
+use boltzflow_targets::TargetSpec;
 use boltzflow_targets::phi4::{Phi4, Phi4Spec};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
@@ -15,15 +22,72 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 
 const BATCH: usize = 64;
 
-fn target() -> Phi4 {
-    Phi4::new(&Phi4Spec {
+fn spec() -> Phi4Spec {
+    Phi4Spec {
         shape: vec![8, 8],
         m2: Some(-4.0),
         lam: Some(8.0),
         kappa: None,
         lam_h: None,
-    })
-    .expect("valid phi^4 spec")
+    }
+}
+
+fn target() -> Phi4 {
+    Phi4::new(&spec()).expect("valid phi^4 spec")
+}
+
+/// The tutorial model (affine) or the spline model of the comparison, on burn's CPU backend.
+fn burn_model(transform: Transform, layers: usize) -> BurnModel<CpuBackend> {
+    let config = FlowConfig {
+        shape: vec![8, 8],
+        layers,
+        transform,
+        conditioner: Conditioner::Conv {
+            hidden: vec![8, 8],
+            kernel: 3,
+            activation: Activation::LeakyRelu,
+        },
+        mask: Mask::Checkerboard,
+        z2: false,
+        prior: Prior::Normal,
+        seed: 1,
+    };
+    BurnModel::new(&config, &TargetSpec::Phi4(spec()), &Default::default()).expect("burn flow")
+}
+
+fn burn_engine(c: &mut Criterion) {
+    let target = target();
+    let mut g = c.benchmark_group("flow_burn");
+    for (name, transform, layers) in [
+        ("affine16", Transform::Affine, 16),
+        (
+            "spline8_k4",
+            Transform::Spline {
+                bins: 4,
+                bound: 5.0,
+            },
+            8,
+        ),
+    ] {
+        let mut model = burn_model(transform, layers);
+        let mut grad = vec![0f32; model.params().len()];
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("reverse_kl_gradient_{name}_L8_b64"), |b| {
+            b.iter(|| {
+                black_box(
+                    model
+                        .reverse_kl_gradient(&target, BATCH, &mut rng, &mut grad)
+                        .expect("gradient"),
+                )
+            })
+        });
+        g.throughput(Throughput::Elements(1024));
+        g.bench_function(format!("sample_with_log_q_{name}_L8_b1024"), |b| {
+            b.iter(|| black_box(model.sample(1024, &mut rng)))
+        });
+    }
+    g.finish();
 }
 
 fn training(c: &mut Criterion) {
@@ -45,6 +109,38 @@ fn training(c: &mut Criterion) {
     g.finish();
 }
 
+/// The spline model of configs/flow_phi4_L8_spline.toml on the native kernels.
+fn native_spline(c: &mut Criterion) {
+    let target = target();
+    let config = AffineFlowConfig {
+        layers: 8,
+        coupling: NativeCoupling::Spline {
+            bins: 4,
+            bound: 5.0,
+        },
+        ..AffineFlowConfig::tutorial([8, 8], 1)
+    };
+    let flow = AffineFlow::<f32>::new(&config).expect("flow");
+    let mut trainer = Trainer::new(flow.clone(), AdamConfig::default()).expect("trainer");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+    let mut g = c.benchmark_group("flow_native_spline");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("reverse_kl_step_spline8_k4_L8_b64", |b| {
+        b.iter(|| {
+            black_box(
+                trainer
+                    .reverse_kl_step(&target, BATCH, &mut rng)
+                    .expect("step"),
+            )
+        })
+    });
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("sample_with_log_q_spline8_k4_L8_b64", |b| {
+        b.iter(|| black_box(flow.sample(BATCH, &mut rng)))
+    });
+    g.finish();
+}
+
 fn sampling(c: &mut Criterion) {
     let flow = AffineFlow::<f32>::new(&AffineFlowConfig::tutorial([8, 8], 1)).expect("flow");
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
@@ -56,5 +152,5 @@ fn sampling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, training, sampling);
+criterion_group!(benches, training, sampling, native_spline, burn_engine);
 criterion_main!(benches);

@@ -37,6 +37,8 @@ pub struct ParamGroup {
 #[derive(Clone, Debug)]
 pub struct ConvNet {
     convs: Vec<Conv2d>,
+    /// tanh on the output (affine couplings: bounded s and t); raw output otherwise.
+    final_tanh: bool,
     /// Offset of each conv's weight within the net's parameter slice (its bias follows it).
     offsets: Vec<usize>,
     param_len: usize,
@@ -61,11 +63,12 @@ impl<T: Real> NetScratch<T> {
 }
 
 impl ConvNet {
-    /// 1 -> hidden[0] -> ... -> hidden[n-1] -> 2 channels, K^2 = `taps`.
-    pub fn new(hidden: &[usize], taps: usize) -> Self {
+    /// 1 -> hidden[0] -> ... -> hidden[n-1] -> `outputs` channels, K^2 = `taps`, with a
+    /// final tanh when `final_tanh`.
+    pub fn new(hidden: &[usize], taps: usize, outputs: usize, final_tanh: bool) -> Self {
         let mut channels = vec![1];
         channels.extend_from_slice(hidden);
-        channels.push(2);
+        channels.push(outputs);
         let convs: Vec<Conv2d> = channels
             .windows(2)
             .map(|c| Conv2d {
@@ -82,6 +85,7 @@ impl ConvNet {
         }
         Self {
             convs,
+            final_tanh,
             offsets,
             param_len,
         }
@@ -202,6 +206,9 @@ impl ConvNet {
                 }
             } else {
                 conv.forward(stencil, weight, Some(bias), input, lanes, active, out);
+                if !self.final_tanh {
+                    continue;
+                }
                 for plane in out.chunks_exact_mut(stencil.volume() * lanes) {
                     for &site in active {
                         let site = site as usize;
@@ -240,8 +247,14 @@ impl ConvNet {
         let slope = T::from_f64(LEAKY_SLOPE);
         let last = self.convs.len() - 1;
         // tanh' on the active sites (grad_out vanishes elsewhere).
+        let tanh_outputs = if self.final_tanh {
+            self.convs[last].c_out
+        } else {
+            0
+        };
         for (g, o) in grad_out
             .chunks_exact_mut(plane)
+            .take(tanh_outputs)
             .zip(activations[last].chunks_exact(plane))
         {
             for &site in active {

@@ -43,6 +43,7 @@ use crate::conditioner::{ConvNet, NetScratch, ParamGroup};
 use crate::conv::Stencil;
 use crate::coupling;
 use crate::real::Real;
+use crate::spline::Spline;
 use crate::{FlowError, Result};
 
 /// Samples per workspace chunk (the unit of parallelism and of the gradient reduction).
@@ -75,6 +76,47 @@ pub struct AffineFlowConfig {
     pub kernel: usize,
     /// Seed of the parameter initialisation.
     pub seed: u64,
+    /// The coupling transform (default affine).
+    #[serde(default, skip_serializing_if = "NativeCoupling::is_affine")]
+    pub coupling: NativeCoupling,
+}
+
+/// The coupling transform of the native engine.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum NativeCoupling {
+    /// y = x e^s + t with (s, t) = tanh(net output).
+    #[default]
+    Affine,
+    /// Rational-quadratic spline ([`crate::spline`]) with `bins` bins on [-bound, bound].
+    Spline {
+        /// K >= 2.
+        bins: usize,
+        /// B > 0.
+        bound: f64,
+    },
+}
+
+impl NativeCoupling {
+    /// Whether this is the affine coupling (the serialisation default).
+    pub fn is_affine(&self) -> bool {
+        matches!(self, Self::Affine)
+    }
+
+    /// Conditioner outputs per site: 2 (s, t) or 3K - 1.
+    pub fn params_per_site(&self) -> usize {
+        match *self {
+            Self::Affine => 2,
+            Self::Spline { bins, .. } => 3 * bins - 1,
+        }
+    }
+
+    fn spline(&self) -> Option<Spline> {
+        match *self {
+            Self::Affine => None,
+            Self::Spline { bins, bound } => Some(Spline { bins, bound }),
+        }
+    }
 }
 
 impl AffineFlowConfig {
@@ -86,6 +128,7 @@ impl AffineFlowConfig {
             hidden: default_hidden(),
             kernel: default_kernel(),
             seed,
+            coupling: NativeCoupling::Affine,
         }
     }
 }
@@ -127,7 +170,7 @@ impl<T: Real> Workspace<T> {
                 .collect(),
             log_det: vec![0.0; lanes],
             grad_field: vec![T::ZERO; v * lanes],
-            grad_st: vec![T::ZERO; 2 * v * lanes],
+            grad_st: vec![T::ZERO; flow.config.coupling.params_per_site() * v * lanes],
             scratch: NetScratch::new(&flow.net, v, lanes),
             grad_params: vec![T::ZERO; flow.params.len()],
             x64: vec![0.0; v],
@@ -180,17 +223,57 @@ impl<T: Real> AffineFlow<T> {
                 fix: "every hidden layer needs at least one channel, e.g. hidden = [8, 8]",
             });
         }
+        if let NativeCoupling::Spline { bins, bound } = config.coupling {
+            if bins < 2 || bins as f64 * crate::spline::MIN_BIN >= 1.0 {
+                return Err(FlowError::InvalidConfig {
+                    name: "bins",
+                    value: bins.to_string(),
+                    fix: "a spline needs 2 to 999 bins, e.g. bins = 8",
+                });
+            }
+            if !(bound > 0.0 && bound.is_finite()) {
+                return Err(FlowError::InvalidConfig {
+                    name: "bound",
+                    value: bound.to_string(),
+                    fix: "the spline interval [-bound, bound] needs bound > 0, e.g. bound = 5.0",
+                });
+            }
+        }
         let stencil = Stencil::new(config.shape, config.kernel)?;
-        let net = ConvNet::new(&config.hidden, stencil.taps());
+        let outputs = config.coupling.params_per_site();
+        let net = ConvNet::new(
+            &config.hidden,
+            stencil.taps(),
+            outputs,
+            config.coupling.is_affine(),
+        );
         let fan_in = net.fan_in();
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
         let mut params = Vec::with_capacity(config.layers * net.param_len());
         let mut groups = Vec::new();
+        let last = net.convs().len() - 1;
+        let identity = config.coupling.spline().map(|s| s.identity());
         for l in 0..config.layers {
-            groups.extend(net.param_groups(&format!("layer{l}"), params.len()));
+            let base = params.len();
+            groups.extend(net.param_groups(&format!("layer{l}"), base));
             for &fan in &fan_in {
                 let bound = 1.0 / (fan as f64).sqrt();
                 params.push(T::from_f64(bound * (2.0 * rng.random::<f64>() - 1.0)));
+            }
+            // Splines start near the identity: small output weights, identity biases.
+            if let Some(identity) = &identity {
+                for w in &mut params
+                    [base + net.weight_range(last).start..base + net.weight_range(last).end]
+                {
+                    *w = T::from_f64(0.01 * w.to_f64());
+                }
+                for (j, b) in params
+                    [base + net.bias_range(last).start..base + net.bias_range(last).end]
+                    .iter_mut()
+                    .enumerate()
+                {
+                    *b = T::from_f64(identity[j]);
+                }
             }
         }
         Ok(Self {
@@ -422,8 +505,9 @@ impl<T: Real> AffineFlow<T> {
 
     /// The shared first half of a layer in either direction: copies field slot `slot_in` to
     /// `slot_out`, runs layer `l`'s conditioner on the masked input (frozen sites only) with
-    /// activations in `slot_act`, and returns the output slot with the scale s and shift t
-    /// planes (`[V, n]`, meaningful on the active sites) and the log-det accumulators.
+    /// activations in `slot_act`, and returns the output slot with the transform's parameter
+    /// planes (`[P, V, n]`: s and t for affine couplings, the 3K - 1 raw spline parameters
+    /// otherwise; meaningful on the active sites) and the log-det accumulators.
     fn condition<'w>(
         &self,
         ws: &'w mut Workspace<T>,
@@ -431,7 +515,7 @@ impl<T: Real> AffineFlow<T> {
         slot_in: usize,
         slot_out: usize,
         slot_act: usize,
-    ) -> (&'w mut [T], &'w [T], &'w [T], &'w mut [f64]) {
+    ) -> (&'w mut [T], &'w [T], &'w mut [f64]) {
         let plane = self.volume() * ws.lanes;
         let (frozen, active) = self.layer_sites(l);
         let (input, output) = two_slots(&mut ws.fields, plane, slot_in, slot_out);
@@ -446,9 +530,55 @@ impl<T: Real> AffineFlow<T> {
             active,
             acts_view(acts, &self.net, plane),
         );
-        let st = &acts[acts.len() - 1];
-        let (s, t) = st[..2 * plane].split_at(plane);
-        (output, s, t, &mut ws.log_det[..ws.lanes])
+        let p = self.config.coupling.params_per_site();
+        let planes = &acts[acts.len() - 1][..p * plane];
+        (output, planes, &mut ws.log_det[..ws.lanes])
+    }
+
+    /// Applies layer `l`'s transform (or its inverse) to the active sites of `output`.
+    fn transform(
+        &self,
+        l: usize,
+        output: &mut [T],
+        planes: &[T],
+        log_det: &mut [f64],
+        n: usize,
+        inverse: bool,
+    ) {
+        let plane = self.volume() * n;
+        let active = self.layer_sites(l).1;
+        match self.config.coupling.spline() {
+            None => {
+                let (s, t) = planes.split_at(plane);
+                for &site in active {
+                    let r = site as usize * n..(site as usize + 1) * n;
+                    if inverse {
+                        coupling::inverse(&mut output[r.clone()], &s[r.clone()], &t[r], log_det);
+                    } else {
+                        coupling::forward(&mut output[r.clone()], &s[r.clone()], &t[r], log_det);
+                    }
+                }
+            }
+            Some(spline) => {
+                let mut raw = vec![0.0; spline.params()];
+                for &site in active {
+                    for b in 0..n {
+                        let i = site as usize * n + b;
+                        for (p, r) in raw.iter_mut().enumerate() {
+                            *r = planes[p * plane + i].to_f64();
+                        }
+                        let v = output[i].to_f64();
+                        let (y, ld) = if inverse {
+                            spline.inverse(v, &raw)
+                        } else {
+                            spline.forward(v, &raw)
+                        };
+                        output[i] = T::from_f64(y);
+                        log_det[b] += ld;
+                    }
+                }
+            }
+        }
     }
 
     /// Forward pass of one chunk through every layer (saving every layer's input and
@@ -458,12 +588,8 @@ impl<T: Real> AffineFlow<T> {
         let n = ws.lanes;
         for l in 0..self.config.layers {
             let (slot_in, slot_out, slot_act) = self.slots(l, save);
-            let active = self.layer_sites(l).1;
-            let (output, s, t, log_det) = self.condition(ws, l, slot_in, slot_out, slot_act);
-            for &site in active {
-                let r = site as usize * n..(site as usize + 1) * n;
-                coupling::forward(&mut output[r.clone()], &s[r.clone()], &t[r], log_det);
-            }
+            let (output, planes, log_det) = self.condition(ws, l, slot_in, slot_out, slot_act);
+            self.transform(l, output, planes, log_det, n, false);
         }
     }
 
@@ -493,12 +619,8 @@ impl<T: Real> AffineFlow<T> {
         let n = ws.lanes;
         let mut slot = 0;
         for l in (0..self.config.layers).rev() {
-            let active = self.layer_sites(l).1;
-            let (output, s, t, log_det) = self.condition(ws, l, slot, 1 - slot, 0);
-            for &site in active {
-                let r = site as usize * n..(site as usize + 1) * n;
-                coupling::inverse(&mut output[r.clone()], &s[r.clone()], &t[r], log_det);
-            }
+            let (output, planes, log_det) = self.condition(ws, l, slot, 1 - slot, 0);
+            self.transform(l, output, planes, log_det, n, true);
             slot = 1 - slot;
         }
         (self.unload(ws, slot), ws.log_det[..n].to_vec())
@@ -517,22 +639,51 @@ impl<T: Real> AffineFlow<T> {
             let (frozen, active) = self.layer_sites(l);
             let input = &ws.fields[l * plane..(l + 1) * plane];
             let acts = &ws.activations[l];
-            let st = &acts[acts.len() - 1];
-            let s = &st[..plane];
-            let grad_st = &mut ws.grad_st[..2 * plane];
+            let planes = &acts[acts.len() - 1];
+            let p = self.config.coupling.params_per_site();
+            let grad_st = &mut ws.grad_st[..p * plane];
             grad_st.fill(T::ZERO);
-            let (grad_s, grad_t) = grad_st.split_at_mut(plane);
             let grad_field = &mut ws.grad_field[..plane];
-            for &site in active {
-                let r = site as usize * n..(site as usize + 1) * n;
-                coupling::backward(
-                    &mut grad_field[r.clone()],
-                    &input[r.clone()],
-                    &s[r.clone()],
-                    log_det_weight,
-                    &mut grad_s[r.clone()],
-                    &mut grad_t[r],
-                );
+            match self.config.coupling.spline() {
+                None => {
+                    let s = &planes[..plane];
+                    let (grad_s, grad_t) = grad_st.split_at_mut(plane);
+                    for &site in active {
+                        let r = site as usize * n..(site as usize + 1) * n;
+                        coupling::backward(
+                            &mut grad_field[r.clone()],
+                            &input[r.clone()],
+                            &s[r.clone()],
+                            log_det_weight,
+                            &mut grad_s[r.clone()],
+                            &mut grad_t[r],
+                        );
+                    }
+                }
+                Some(spline) => {
+                    let c = log_det_weight.to_f64();
+                    let mut raw = vec![0.0; p];
+                    let mut grad_raw = vec![0.0; p];
+                    for &site in active {
+                        for b in 0..n {
+                            let i = site as usize * n + b;
+                            for (q, r) in raw.iter_mut().enumerate() {
+                                *r = planes[q * plane + i].to_f64();
+                            }
+                            let gx = spline.backward(
+                                input[i].to_f64(),
+                                &raw,
+                                grad_field[i].to_f64(),
+                                c,
+                                &mut grad_raw,
+                            );
+                            grad_field[i] = T::from_f64(gx);
+                            for (q, g) in grad_raw.iter().enumerate() {
+                                grad_st[q * plane + i] = T::from_f64(*g);
+                            }
+                        }
+                    }
+                }
             }
             self.mask(input, frozen, n, &mut ws.masked[..plane]);
             self.net.backward(
@@ -768,11 +919,54 @@ mod tests {
     /// 4 layers, init scaled by 3), and log_prob(sample) = the sample's log q.
     #[test]
     fn log_det_matches_numerical_jacobian() {
-        let cfg = config([4, 4], 4, 3);
-        let flow = scaled_flow::<f64>(&cfg, 3.0);
+        check_log_det(NativeCoupling::Affine, 3.0);
+    }
+
+    /// The same, inverse included, for spline couplings (K = 5 on [-4, 4]).
+    #[test]
+    fn spline_log_det_matches_numerical_jacobian() {
+        let spline = NativeCoupling::Spline {
+            bins: 5,
+            bound: 4.0,
+        };
+        check_log_det(spline, 1.5);
+        let flow = scaled_flow::<f64>(
+            &AffineFlowConfig {
+                coupling: spline,
+                ..config([4, 6], 4, 9)
+            },
+            1.5,
+        );
+        let z = flow.draw_prior(7, &mut rng(3));
+        let (x, ld) = flow.forward(&z).unwrap();
+        let (back, ld_inv) = flow.inverse(&x).unwrap();
+        for (a, b) in back.iter().zip(&z) {
+            assert!((a - b).abs() < 1e-10 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        for (f, i) in ld.iter().zip(&ld_inv) {
+            assert!((f + i).abs() < 1e-10 * (1.0 + f.abs()));
+        }
+    }
+
+    fn check_log_det(coupling: NativeCoupling, scale: f64) {
+        let cfg = AffineFlowConfig {
+            coupling,
+            ..config([4, 4], 4, 3)
+        };
+        let mut flow = scaled_flow::<f64>(&cfg, scale);
+        if !coupling.is_affine() {
+            // Move the near-identity splines well away from the identity.
+            for (i, p) in flow.params_mut().iter_mut().enumerate() {
+                *p += 0.3 * ((i * 7919 % 13) as f64 / 13.0 - 0.5);
+            }
+        }
         let v = flow.volume();
         let z = flow.draw_prior(3, &mut rng(4));
         let (_, log_det) = flow.forward(&z).unwrap();
+        assert!(
+            log_det.iter().any(|ld| ld.abs() > 1.0),
+            "log-dets {log_det:?} too small for a non-trivial test"
+        );
         let h = 1e-5;
         for (b, z_b) in z.chunks_exact(v).enumerate() {
             let mut jacobian = vec![0.0; v * v];
@@ -788,9 +982,8 @@ mod tests {
                 }
             }
             let numeric = log_abs_det(jacobian, v);
-            assert!(log_det[b].abs() > 1.0);
             assert!(
-                (numeric - log_det[b]).abs() < 1e-7,
+                (numeric - log_det[b]).abs() < 1e-7 * (1.0 + log_det[b].abs()),
                 "{numeric} vs {}",
                 log_det[b]
             );
@@ -877,8 +1070,27 @@ mod tests {
     /// derivative along two random directions, and 3 single components per group.
     #[test]
     fn gradient_matches_finite_differences() {
+        check_gradient(NativeCoupling::Affine);
+    }
+
+    /// The same for spline couplings (K = 4 on [-3, 3]; hand-written spline backward).
+    #[test]
+    fn spline_gradient_matches_finite_differences() {
+        check_gradient(NativeCoupling::Spline {
+            bins: 4,
+            bound: 3.0,
+        });
+    }
+
+    fn check_gradient(coupling: NativeCoupling) {
         let shape = [4, 4];
-        let flow = scaled_flow::<f64>(&config(shape, 4, 10), 1.5);
+        let flow = scaled_flow::<f64>(
+            &AffineFlowConfig {
+                coupling,
+                ..config(shape, 4, 10)
+            },
+            1.5,
+        );
         let target = Phi4::new(&Phi4Spec {
             shape: vec![4, 4],
             m2: Some(-4.0),

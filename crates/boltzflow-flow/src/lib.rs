@@ -18,11 +18,14 @@ pub mod conditioner;
 pub mod conv;
 pub mod coupling;
 pub mod flow;
+pub mod model;
 pub mod real;
+pub mod spline;
 pub mod train;
 
 pub use conditioner::ParamGroup;
 pub use flow::{AffineFlow, AffineFlowConfig};
+pub use model::FlowModel;
 pub use real::Real;
 pub use train::{Adam, AdamConfig, StepMetrics, Trainer, mh_acceptance};
 

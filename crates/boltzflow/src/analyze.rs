@@ -420,6 +420,7 @@ fn analyze_sample(
     let names: Vec<&String> = series
         .keys()
         .filter(|k| !["log_q", "log_w", "mh_accepted", "mh_index"].contains(&k.as_str()))
+        .filter(|k| !k.starts_with("chain_"))
         .collect();
     let mut reweighted = BTreeMap::new();
     for name in &names {
@@ -438,8 +439,15 @@ fn analyze_sample(
         let chain: BTreeMap<&str, Vec<f64>> = names
             .iter()
             .map(|name| {
-                let values = &series[*name];
-                let on_chain = index.iter().map(|&i| values[i as usize]).collect();
+                // With interleaved local updates the chain's values are stored; otherwise the
+                // chain is the proposals at mh_index.
+                let on_chain = match series.get(&format!("chain_{name}")) {
+                    Some(values) => values.clone(),
+                    None => {
+                        let values = &series[*name];
+                        index.iter().map(|&i| values[i as usize]).collect()
+                    }
+                };
                 (name.as_str(), on_chain)
             })
             .collect();

@@ -71,16 +71,152 @@ impl Row {
     }
 }
 
+/// One lattice's comparison: its report and tables.
+struct Single {
+    report: PathBuf,
+    tables: Vec<(String, Vec<Row>)>,
+    /// Training wall seconds (None with --model).
+    training_s: Option<f64>,
+    lattice: String,
+}
+
 /// Runs every stage and returns the path of report.md.
 pub fn run(args: &CompareArgs) -> Result<PathBuf> {
-    let path = &args.config;
-    let loaded = Loaded::read(path, &args.overrides)?;
-    let compare: CompareSection = loaded.config.compare.clone().ok_or_else(|| {
+    let loaded = Loaded::read(&args.config, &args.overrides)?;
+    let compare = compare_section(&loaded, &args.config)?;
+    if compare.scan.is_empty() {
+        return Ok(run_single(args)?.report);
+    }
+    scan(args, &compare)
+}
+
+fn compare_section(loaded: &Loaded, path: &Path) -> Result<CompareSection> {
+    loaded.config.compare.clone().ok_or_else(|| {
         anyhow!(
             "{} has no [compare] section; add one (see configs/compare_phi4_L8.toml)",
             path.display()
         )
-    })?;
+    })
+}
+
+/// The comparison on every lattice of `compare.scan`, then `DIR/report.md` with tau_int and
+/// cost per independent sample against the lattice.
+fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
+    if args.model.is_some() {
+        bail!(
+            "--model cannot be combined with compare.scan (one model per lattice is trained); drop --model or compare.scan"
+        );
+    }
+    let dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| train::default_dir(&args.config));
+    // Validate every lattice before running any.
+    let per_lattice: Vec<CompareArgs> = compare
+        .scan
+        .iter()
+        .map(|lattice| {
+            let stem = lattice
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or("lattice".into());
+            let mut sub = args.clone();
+            sub.overrides
+                .push(format!("lattice=\"{}\"", lattice.display()));
+            sub.overrides.push("compare.scan=[]".into());
+            sub.out = Some(dir.join(stem));
+            sub.quiet = true;
+            sub
+        })
+        .collect();
+    for sub in &per_lattice {
+        let loaded = Loaded::read(&sub.config, &sub.overrides)?;
+        train::flow_shape(&loaded.lattice.target, &sub.config)?;
+    }
+    let report_path = dir.join("report.md");
+    if report_path.exists() && !args.force {
+        bail!(
+            "{} already exists; pass --force to overwrite it or choose another --out",
+            report_path.display()
+        );
+    }
+    let mut singles = Vec::new();
+    for sub in &per_lattice {
+        tracing::info!(
+            "compare scan: {}",
+            sub.out
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        );
+        let mut single = run_single(sub)?;
+        let loaded = Loaded::read(&sub.config, &sub.overrides)?;
+        let shape = train::flow_shape(&loaded.lattice.target, &sub.config)?;
+        let stem = sub
+            .out
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        single.lattice = format!("{stem} {shape:?}");
+        singles.push(single);
+    }
+    let mut md = String::new();
+    let _ = writeln!(md, "# Flow against MCMC across lattices\n");
+    let _ = writeln!(
+        md,
+        "Config `{}`; one comparison per lattice (its report linked). tau_int in Wolff's convention (1/2 + sum rho); cost per effectively independent sample of each observable in wall seconds and in action evaluations; flow training (wall seconds) listed separately.\n",
+        args.config.display()
+    );
+    for name in &compare.observables {
+        let _ = writeln!(md, "## {name}\n");
+        let _ = writeln!(
+            md,
+            "| lattice | method | mean | err | tau_int | wall s / indep. | action evals / indep. | training s |"
+        );
+        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for single in &singles {
+            let Some((_, rows)) = single.tables.iter().find(|(n, _)| n == name) else {
+                continue;
+            };
+            for r in rows {
+                let training = if r.method == "flow-MH" || r.method == "reweighted" {
+                    opt(single.training_s, |t| format!("{t:.0}"))
+                } else {
+                    "-".into()
+                };
+                let _ = writeln!(
+                    md,
+                    "| [{}]({}) | {} | {} | {} | {} | {} | {} | {} |",
+                    single.lattice,
+                    single
+                        .report
+                        .strip_prefix(&dir)
+                        .unwrap_or(&single.report)
+                        .display(),
+                    r.method,
+                    sci(r.mean),
+                    sci(r.err),
+                    opt(r.tau_int, |t| format!("{t:.2}")),
+                    sci(r.wall_per_independent()),
+                    sci(r.evals_per_independent()),
+                    training
+                );
+            }
+        }
+        let _ = writeln!(md);
+    }
+    write(&report_path, &md)?;
+    if !args.quiet {
+        println!("{md}");
+    }
+    Ok(report_path)
+}
+
+/// One comparison on the config's lattice.
+fn run_single(args: &CompareArgs) -> Result<Single> {
+    let path = &args.config;
+    let loaded = Loaded::read(path, &args.overrides)?;
+    let compare = compare_section(&loaded, path)?;
     // Everything is validated before any file is touched.
     if compare.observables.is_empty() {
         bail!("compare.observables is empty; list some, e.g. [\"chi2\", \"abs_m\"]");
@@ -228,7 +364,12 @@ pub fn run(args: &CompareArgs) -> Result<PathBuf> {
     if !args.quiet {
         print_summary(&tables, &baselines);
     }
-    Ok(report_path)
+    Ok(Single {
+        report: report_path,
+        tables,
+        training_s: training.as_ref().map(|(_, wall)| *wall),
+        lattice: train::lattice_summary(&loaded.lattice),
+    })
 }
 
 fn mcmc_run(args: &RunArgs) -> Result<PathBuf> {

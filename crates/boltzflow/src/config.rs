@@ -70,6 +70,11 @@ pub struct CompareSection {
     /// Observables to tabulate (default `["chi2", "abs_m"]`).
     #[serde(default = "default_compare_observables")]
     pub observables: Vec<String>,
+    /// Lattice files (relative to the config) to scan: the whole comparison runs once per
+    /// lattice into `DIR/<lattice name>/`, and `DIR/report.md` tabulates tau_int and the cost
+    /// per independent sample against the lattice (default: none, the config's lattice only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scan: Vec<PathBuf>,
 }
 
 fn default_layers() -> usize {
@@ -80,6 +85,15 @@ fn default_hidden() -> Vec<usize> {
 }
 fn default_kernel() -> usize {
     3
+}
+fn default_bins() -> usize {
+    8
+}
+fn default_bound() -> f64 {
+    5.0
+}
+fn default_forward_weight() -> f64 {
+    0.5
 }
 fn default_batch() -> usize {
     64
@@ -108,23 +122,105 @@ fn default_sample_batch() -> usize {
 fn default_true() -> bool {
     true
 }
+fn default_one() -> usize {
+    1
+}
 
-/// `[flow]`: the affine coupling flow's architecture; the lattice shape comes from the
-/// lattice file.
+/// `[flow]`: the flow's architecture; the configuration shape comes from the lattice file.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct FlowSection {
     /// Coupling layers (default 16).
     #[serde(default = "default_layers")]
     pub layers: usize,
-    /// Hidden channels of each conditioner (default `[8, 8]`).
+    /// Coupling transform (default "affine").
+    #[serde(default)]
+    pub coupling: Coupling,
+    /// Spline bins K >= 2 (default 8; splines only).
+    #[serde(default = "default_bins")]
+    pub bins: usize,
+    /// Spline interval half-width B > 0 (default 5; identity tails outside).
+    #[serde(default = "default_bound")]
+    pub bound: f64,
+    /// Conditioner network (default "conv": periodic, translation equivariant; "mlp").
+    #[serde(default)]
+    pub conditioner: ConditionerKind,
+    /// Hidden channels (conv) or widths (mlp) of each conditioner (default `[8, 8]`).
     #[serde(default = "default_hidden")]
     pub hidden: Vec<usize>,
     /// Odd conv kernel size (default 3).
     #[serde(default = "default_kernel")]
     pub kernel: usize,
+    /// Hidden activation (default "leaky_relu"; "relu", "tanh", "silu").
+    #[serde(default)]
+    pub activation: boltzflow_burn::Activation,
+    /// Frozen/active split (default "checkerboard"; "alternating", "halves").
+    #[serde(default)]
+    pub mask: boltzflow_burn::Mask,
+    /// Make the flow odd, q(-x) = q(x) (phi^4's Z2 symmetry; default false).
+    #[serde(default)]
+    pub z2: bool,
+    /// Implementation (default "auto": the native CPU kernels when they can run the model,
+    /// burn otherwise; "native"; "burn").
+    #[serde(default)]
+    pub engine: Engine,
+    /// Device of the burn engine (default "cpu"; "cuda" needs `--features cuda`).
+    #[serde(default)]
+    pub device: crate::engine::Device,
     /// Seed of the parameter initialisation.
     pub seed: u64,
+}
+
+/// The coupling transform.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Coupling {
+    /// y = x e^s + t with s = tanh(.) (RealNVP).
+    #[default]
+    Affine,
+    /// y = x + t (NICE).
+    Additive,
+    /// Rational-quadratic spline on [-bound, bound], identity tails.
+    Spline,
+    /// Circular rational-quadratic spline on [0, 2 pi) (uniform prior).
+    CircularSpline,
+}
+
+/// The conditioner network.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionerKind {
+    /// Periodic conv net (2D lattices).
+    #[default]
+    Conv,
+    /// Fully connected net.
+    Mlp,
+}
+
+/// Which implementation runs the flow.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Engine {
+    /// Native kernels when possible, burn otherwise.
+    #[default]
+    Auto,
+    /// The hand-written CPU kernels (affine conv flows, reverse KL).
+    Native,
+    /// burn (any model, any objective, CPU or CUDA).
+    Burn,
+}
+
+/// The training objective.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// KL(q || p) from the action alone (self-training).
+    #[default]
+    Reverse,
+    /// KL(p || q): maximum likelihood on an MCMC ensemble (`train.ensemble`).
+    Forward,
+    /// (1 - forward_weight) reverse + forward_weight forward.
+    Mix,
 }
 
 /// Learning-rate schedule over the `steps` training steps (t = 0, 1, ..., steps - 1).
@@ -178,9 +274,37 @@ pub struct TrainSection {
     pub checkpoint_every: usize,
     /// Seed of the training noise.
     pub seed: u64,
+    /// Training objective (default "reverse"; "forward", "mix").
+    #[serde(default)]
+    pub objective: Objective,
+    /// Weight of the forward KL in "mix" (default 0.5).
+    #[serde(default = "default_forward_weight")]
+    pub forward_weight: f64,
+    /// MCMC ensemble for the forward KL (an HDF5 file of `boltzflow mcmc` with stored
+    /// configurations; relative to the config file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<PathBuf>,
+    /// Batch-size schedule: `[[step, batch], ...]`; from each `step` on, `batch` samples per
+    /// step (before the first entry: `batch`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub batch_schedule: Vec<[usize; 2]>,
 }
 
 impl TrainSection {
+    /// The batch size of step t (0-based).
+    pub fn batch_at(&self, t: usize) -> usize {
+        self.batch_schedule
+            .iter()
+            .filter(|[from, _]| *from <= t)
+            .max_by_key(|[from, _]| *from)
+            .map_or(self.batch, |[_, b]| *b)
+    }
+
+    /// Whether the objective needs the forward KL (an ensemble).
+    pub fn forward_kl(&self) -> bool {
+        !matches!(self.objective, Objective::Reverse)
+    }
+
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<()> {
         if self.steps < 1 {
@@ -219,6 +343,22 @@ impl TrainSection {
         if self.checkpoint_every < 1 {
             bail!("train.checkpoint_every must be >= 1");
         }
+        if let Some([_, b]) = self.batch_schedule.iter().find(|[_, b]| *b < 2) {
+            bail!("train.batch_schedule lists batch {b}; every batch must be >= 2");
+        }
+        if !(0.0..=1.0).contains(&self.forward_weight) {
+            bail!("train.forward_weight must lie in [0, 1], e.g. 0.5");
+        }
+        if self.forward_kl() && self.ensemble.is_none() {
+            bail!(
+                "train.objective = \"{}\" needs train.ensemble = \"<file.h5>\" (an ensemble written by boltzflow mcmc)",
+                if matches!(self.objective, Objective::Forward) {
+                    "forward"
+                } else {
+                    "mix"
+                }
+            );
+        }
         Ok(())
     }
 
@@ -251,6 +391,20 @@ impl FlowSection {
         if self.kernel < 1 || self.kernel.is_multiple_of(2) {
             bail!("flow.kernel must be odd and >= 1, e.g. 3");
         }
+        if matches!(self.coupling, Coupling::Spline | Coupling::CircularSpline) && self.bins < 2 {
+            bail!(
+                "flow.bins = {} but a spline needs at least 2 bins, e.g. bins = 8",
+                self.bins
+            );
+        }
+        if matches!(self.coupling, Coupling::Spline)
+            && !(self.bound > 0.0 && self.bound.is_finite())
+        {
+            bail!(
+                "flow.bound = {} but the spline interval [-bound, bound] needs bound > 0, e.g. bound = 5.0",
+                self.bound
+            );
+        }
         Ok(())
     }
 }
@@ -273,6 +427,14 @@ pub struct SampleSection {
     /// Store every configuration (default true).
     #[serde(default = "default_true")]
     pub store_configs: bool,
+    /// Interleave this local MCMC update with the flow proposals of the Metropolis-Hastings
+    /// chain ("metropolis", "hmc", "wolff", "heatbath"; settings from the config's `[mcmc]`
+    /// section when present). Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<boltzflow_mcmc::SamplerKind>,
+    /// Local updates after each flow proposal (default 1).
+    #[serde(default = "default_one")]
+    pub local_steps: usize,
 }
 
 impl SampleSection {
@@ -283,6 +445,14 @@ impl SampleSection {
         }
         if self.batch < 1 {
             bail!("sample.batch must be >= 1");
+        }
+        if self.local.is_some() && !self.mh {
+            bail!(
+                "sample.local interleaves local updates with the Metropolis-Hastings chain; set sample.mh = true or remove sample.local"
+            );
+        }
+        if self.local_steps < 1 {
+            bail!("sample.local_steps must be >= 1");
         }
         Ok(())
     }

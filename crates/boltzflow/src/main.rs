@@ -4,6 +4,7 @@
 mod analyze;
 mod compare;
 mod config;
+mod engine;
 mod mcmc;
 mod output;
 mod provenance;

@@ -14,6 +14,13 @@
 //! `mh_index` (index of the chain's state after proposal i) make the chain's observables the
 //! proposals' values at `mh_index`.
 //!
+//! With `sample.local` (e.g. "metropolis") the chain alternates two p-invariant kernels: the
+//! flow proposal above, then `local_steps` updates of that local MCMC sampler (settings from
+//! `[mcmc]`). The chain's state then leaves the set of proposals, so after the local updates
+//! its log w = -S - log q is recomputed (log q by the flow's inverse) for the next
+//! acceptance test, and its observables are stored as `chain_<name>` series, which `analyze`
+//! uses for the chain instead of `mh_index`.
+//!
 //! The file has kind "sample", one chain, configurations optional (`sample.store_configs`).
 //! Each batch is one commit; the checkpoint holds `x` = the chain's current configuration,
 //! `rng` = the flow's and the uniforms' generators, `sampler` = the chain's state (index of
@@ -54,6 +61,14 @@ struct Generators {
     flow: Xoshiro256PlusPlus,
     /// Uniforms of the Metropolis decisions.
     mh: Xoshiro256PlusPlus,
+    /// The interleaved local updates.
+    #[serde(default = "local_stream")]
+    local: Xoshiro256PlusPlus,
+}
+
+/// The local updates' stream for a run without one in its checkpoint.
+fn local_stream() -> Xoshiro256PlusPlus {
+    Xoshiro256PlusPlus::seed_from_u64(0)
 }
 
 /// The Metropolis chain's state (checkpoint `sampler` text).
@@ -85,7 +100,12 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
             lattice_summary(&loaded.lattice)
         );
     }
-    let flow = model.build_flow()?;
+    let device = loaded
+        .config
+        .flow
+        .as_ref()
+        .map_or(crate::engine::Device::Cpu, |f| f.device);
+    let flow = model.build_flow(device)?;
     let target = loaded.lattice.target.build()?;
     let observables: Vec<_> = target
         .observables()
@@ -96,6 +116,13 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
     series.extend(observables.iter().map(|o| o.name().to_string()));
     if sample.mh {
         series.extend(MH_SERIES.map(String::from));
+    }
+    let mut local = match sample.local {
+        Some(kind) => Some(local_sampler(&loaded, kind)?),
+        None => None,
+    };
+    if local.is_some() {
+        series.extend(observables.iter().map(|o| format!("chain_{}", o.name())));
     }
     let layout = Layout {
         chains: 1,
@@ -116,6 +143,12 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
             let mut mh = Xoshiro256PlusPlus::seed_from_u64(sample.seed);
             mh.long_jump();
             mh
+        },
+        local: {
+            let mut local = Xoshiro256PlusPlus::seed_from_u64(sample.seed);
+            local.long_jump();
+            local.long_jump();
+            local
         },
     };
     let mut chain = ChainState::default();
@@ -186,7 +219,26 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
             let values = x.par_chunks(dim).map(|c| o.measure(c)).collect();
             block_series.push((o.name().to_string(), values));
         }
-        if sample.mh {
+        if let Some(sampler) = local.as_mut() {
+            let steps = sample.local_steps;
+            let (accepted, index, on_chain) = interleaved(
+                Proposals {
+                    x: &x,
+                    log_w: &log_w,
+                    offset: done as u64,
+                    dim,
+                },
+                (&mut chain, &mut current_x),
+                (sampler.as_mut(), steps),
+                (flow.as_ref(), target.as_ref(), &observables),
+                &mut generators,
+            )?;
+            block_series.push(("mh_accepted".to_string(), accepted));
+            block_series.push(("mh_index".to_string(), index));
+            for (o, values) in observables.iter().zip(on_chain) {
+                block_series.push((format!("chain_{}", o.name()), values));
+            }
+        } else if sample.mh {
             let (accepted, index) = metropolis(&log_w, done as u64, &mut chain, &mut generators.mh);
             let last = chain.current.expect("the chain has a state after a batch") as usize;
             if last >= done {
@@ -225,6 +277,86 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
         out.display()
     );
     Ok(out)
+}
+
+/// The local sampler of `sample.local`, with the settings of `[mcmc]` when the config has
+/// one.
+fn local_sampler(
+    loaded: &Loaded,
+    kind: boltzflow_mcmc::SamplerKind,
+) -> Result<Box<dyn boltzflow_mcmc::Sampler>> {
+    let mut config = match &loaded.config.mcmc {
+        Some(mcmc) => mcmc.clone(),
+        None => toml::from_str::<boltzflow_mcmc::McmcConfig>(
+            "sampler = \"hmc\"\nseed = 0\nthermalization = 0\ndraws = 1\n",
+        )?,
+    };
+    config.sampler = kind;
+    boltzflow_mcmc::build_sampler(&config, &loaded.lattice.target)
+        .map_err(|e| anyhow!("sample.local: {e}"))
+}
+
+/// A batch of flow proposals: `x [n, dim]`, their log weights, and the index of the first.
+struct Proposals<'a> {
+    x: &'a [f64],
+    log_w: &'a [f64],
+    offset: u64,
+    dim: usize,
+}
+
+/// The independence Metropolis chain with `steps` local updates after every proposal:
+/// accept proposal i when ln u < log_w_i - log_w_c, then update the chain's configuration
+/// locally and recompute its log w. Returns (`mh_accepted`, `mh_index` = the last accepted
+/// proposal, the chain's observables per draw).
+#[allow(clippy::type_complexity)]
+fn interleaved(
+    proposals: Proposals,
+    (chain, current): (&mut ChainState, &mut Vec<f64>),
+    (sampler, steps): (&mut dyn boltzflow_mcmc::Sampler, usize),
+    (flow, target, observables): (
+        &dyn boltzflow_flow::FlowModel,
+        &dyn boltzflow_targets::Target,
+        &[Box<dyn boltzflow_targets::Observable>],
+    ),
+    generators: &mut Generators,
+) -> Result<(Vec<f64>, Vec<f64>, Vec<Vec<f64>>)> {
+    let Proposals {
+        x,
+        log_w,
+        offset,
+        dim,
+    } = proposals;
+    let n = log_w.len();
+    let mut accepted = Vec::with_capacity(n);
+    let mut index = Vec::with_capacity(n);
+    let mut on_chain = vec![Vec::with_capacity(n); observables.len()];
+    for (i, &lw) in log_w.iter().enumerate() {
+        let u: f64 = generators.mh.random();
+        let accept = match chain.current {
+            None => true,
+            Some(_) => u.ln() < lw - f64::from_bits(chain.log_w_bits),
+        };
+        if accept {
+            chain.current = Some(offset + i as u64);
+            chain.accepted += 1;
+            current.clear();
+            current.extend_from_slice(&x[i * dim..(i + 1) * dim]);
+        }
+        for _ in 0..steps {
+            sampler.step(current, &mut generators.local);
+        }
+        let x32: Vec<f32> = current.iter().map(|&v| v as f32).collect();
+        let log_q = flow
+            .log_prob(&x32)
+            .map_err(|e| anyhow!("log q of the chain state: {e}"))?[0];
+        chain.log_w_bits = (-target.action(current) - log_q).to_bits();
+        accepted.push(f64::from(u8::from(accept)));
+        index.push(chain.current.expect("set by the first proposal") as f64);
+        for (o, values) in observables.iter().zip(&mut on_chain) {
+            values.push(o.measure(current));
+        }
+    }
+    Ok((accepted, index, on_chain))
 }
 
 /// Runs the independence Metropolis chain over proposals with log weights `log_w`, the first

@@ -1,14 +1,20 @@
-//! `boltzflow train`: reverse-KL training of an affine coupling flow, checkpointed to
-//! `DIR/model.json` and evaluated into `DIR/train.h5`.
+//! `boltzflow train`: training of a coupling flow by reverse KL, forward KL or a mix,
+//! checkpointed to `DIR/model.json` and evaluated into `DIR/train.h5`.
 //!
-//! Each step draws `train.batch` prior samples, computes the reverse-KL gradient with the
-//! flow crate's [`Trainer`] (f32 network, f64 actions and log-dets) and applies Adam:
+//! Each step takes `batch_at(step)` samples, computes the gradient with the flow engine
+//! (native kernels or burn, see [`crate::engine`]; f32 network, f64 actions and log q) and
+//! applies Adam:
 //!
 //! ```text
-//! L = (1/B) sum_b [log q(x_b) + S(x_b)]          (estimates KL(q || p) - ln Z)
+//! reverse:  L_r = (1/B) sum_b [log q(x_b) + S(x_b)],  x_b ~ q     (KL(q || p) - ln Z)
+//! forward:  L_f = -(1/B) sum_b log q(x_b),  x_b from the MCMC ensemble (KL(p || q) + const)
+//! mix:      L = (1 - a) L_r + a L_f,  a = train.forward_weight
 //! m <- b1 m + (1 - b1) g,  v <- b2 v + (1 - b2) g^2,
 //! theta <- theta - lr_t mhat / (sqrt(vhat) + eps)
 //! ```
+//!
+//! The forward KL draws its minibatch uniformly (with replacement) from every stored
+//! configuration of `train.ensemble`, whose lattice must be the target's.
 //!
 //! A step whose loss or gradient is not finite is skipped (no update; counted and logged); 10
 //! in a row stop the run with the last good checkpoint intact.
@@ -39,17 +45,20 @@ use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
 use serde::{Deserialize, Serialize};
 
-use boltzflow_flow::{Adam, AdamConfig, AffineFlow, AffineFlowConfig, Trainer, mh_acceptance};
+use rand::RngExt;
+
+use boltzflow_flow::{Adam, AdamConfig, FlowModel, mh_acceptance};
 use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 use boltzflow_targets::{LatticeFile, Target, TargetSpec};
 
-use crate::config::{FlowSection, Loaded};
+use crate::config::{Loaded, Objective, TrainSection};
+use crate::engine::{Architecture, Device};
 use crate::output::{self, RunArgs, lock_output, run_meta, same_run};
 
 /// Value of the `format` field of a model file.
 pub const MODEL_FORMAT: &str = "boltzflow-model";
 /// Model-file version this build writes and reads.
-pub const MODEL_VERSION: u32 = 1;
+pub const MODEL_VERSION: u32 = 2;
 /// Consecutive non-finite steps that stop training.
 const MAX_NONFINITE: u64 = 10;
 /// Fewest samples of the final evaluation.
@@ -80,13 +89,13 @@ pub struct ModelFile {
     pub format: String,
     /// [`MODEL_VERSION`].
     pub version: u32,
-    /// The flow's architecture and lattice shape.
-    pub flow: AffineFlowConfig,
+    /// The flow's engine, architecture and configuration shape.
+    pub flow: Architecture,
     /// The lattice file the flow was trained on (TOML text).
     pub lattice: String,
     /// The resolved run config (TOML text).
     pub config: String,
-    /// The flow's parameters, `[AffineFlow::params().len()]`.
+    /// The flow's parameters (flat, in the engine's layout).
     pub params: Vec<f32>,
     /// The optimiser state.
     pub adam: Adam,
@@ -121,10 +130,7 @@ impl ModelFile {
                 model.version
             );
         }
-        let n = AffineFlow::<f32>::new(&model.flow)
-            .map_err(|e| anyhow!("{e}"))?
-            .params()
-            .len();
+        let n = model.build_flow(Device::Cpu)?.params().len();
         if model.params.len() != n || model.adam.len() != n {
             bail!(
                 "holds {} parameters (Adam: {}) but its flow config needs {n}; the file is damaged, retrain",
@@ -135,10 +141,14 @@ impl ModelFile {
         Ok(model)
     }
 
-    /// The flow with these parameters.
-    pub fn build_flow(&self) -> Result<AffineFlow<f32>> {
-        let mut flow = AffineFlow::<f32>::new(&self.flow).map_err(|e| anyhow!("{e}"))?;
-        flow.params_mut().copy_from_slice(&self.params);
+    /// The flow with these parameters on `device`.
+    pub fn build_flow(&self, device: Device) -> Result<Box<dyn FlowModel>> {
+        let lattice = LatticeFile::parse(&self.lattice)
+            .map_err(|e| anyhow!("stored lattice: {e}; the file is damaged, retrain"))?;
+        let mut flow = self.flow.build(&lattice.target, device)?;
+        if self.params.len() == flow.params().len() {
+            flow.set_params(&self.params).map_err(|e| anyhow!("{e}"))?;
+        }
         Ok(flow)
     }
 
@@ -164,24 +174,13 @@ impl ModelFile {
     }
 }
 
-/// The lattice shape `[L0, L1]` of a target the affine flow supports (phi^4 in 2D), or a
-/// one-line error naming the theory.
-pub fn flow_shape(spec: &TargetSpec, config: &Path) -> Result<[usize; 2]> {
-    match spec {
-        TargetSpec::Phi4(phi4) if phi4.shape.len() == 2 => {
-            Ok([phi4.shape[0] as usize, phi4.shape[1] as usize])
-        }
-        TargetSpec::Phi4(phi4) => bail!(
-            "flows support theory phi4 in 2D for now; the lattice of {} is phi4 in {}D: use a 2D shape [L0, L1]",
-            config.display(),
-            phi4.shape.len()
-        ),
-        other => bail!(
-            "flows support theory phi4 in 2D for now; the lattice of {} is theory {}: use a phi4 lattice file or an mcmc baseline",
-            config.display(),
-            other.theory()
-        ),
-    }
+/// The configuration shape of a target (the flow's shape), or a one-line error naming the
+/// lattice file.
+pub fn flow_shape(spec: &TargetSpec, config: &Path) -> Result<Vec<usize>> {
+    let target = spec
+        .build()
+        .map_err(|e| anyhow!("lattice of {}: {e}", config.display()))?;
+    Ok(target.shape())
 }
 
 /// The lattice definition as one line (for messages).
@@ -200,7 +199,7 @@ pub fn default_dir(config: &Path) -> PathBuf {
 
 /// Log weights log w = -S - log q of `n` fresh samples drawn from `rng`, in f64.
 pub fn log_weights(
-    flow: &AffineFlow<f32>,
+    flow: &dyn FlowModel,
     target: &dyn Target,
     n: usize,
     rng: &mut Xoshiro256PlusPlus,
@@ -213,17 +212,11 @@ pub fn log_weights(
 }
 
 /// One evaluation's numbers, in [`TRAIN_SERIES`] order.
-fn evaluate(
-    trainer: &Trainer<f32>,
-    target: &dyn Target,
-    n: usize,
-    seed: u64,
-    step: u64,
-) -> [f64; 5] {
+fn evaluate(flow: &dyn FlowModel, target: &dyn Target, n: usize, seed: u64, step: u64) -> [f64; 5] {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(
         seed ^ EVAL_SALT ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
-    let log_w = log_weights(&trainer.flow, target, n, &mut rng);
+    let log_w = log_weights(flow, target, n, &mut rng);
     let nf = n as f64;
     let mean = log_w.iter().sum::<f64>() / nf;
     let var = log_w.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (nf - 1.0);
@@ -242,8 +235,16 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
     let (flow_section, train) = loaded.training(&args.config)?;
     let shape = flow_shape(&loaded.lattice.target, &args.config)?;
     let target = loaded.lattice.target.build()?;
-    let flow_config = flow_config(&flow_section, shape);
-    let initial = AffineFlow::<f32>::new(&flow_config).map_err(|e| anyhow!("[flow]: {e}"))?;
+    let flow_config = Architecture::resolve(&flow_section, &shape, train.forward_kl())?;
+    let mut model = flow_config.build(&loaded.lattice.target, flow_section.device)?;
+    let ensemble = match &train.ensemble {
+        Some(path) if train.forward_kl() => Some(read_ensemble(
+            &crate::config::resolve(&args.config, path),
+            &loaded.lattice,
+        )?),
+        _ => None,
+    };
+    tracing::info!("{}", flow_config.summary());
     let dir = args
         .out
         .clone()
@@ -270,14 +271,14 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
                 );
             }
         }
-        let n = initial.params().len();
+        let n = model.params().len();
         let state = ModelFile {
             format: MODEL_FORMAT.into(),
             version: MODEL_VERSION,
             flow: flow_config.clone(),
             lattice: loaded.lattice.to_toml(),
             config: loaded.toml.clone(),
-            params: initial.params().to_vec(),
+            params: model.params(),
             adam: Adam::new(
                 AdamConfig {
                     lr: train.lr,
@@ -310,35 +311,39 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         );
         return Ok(dir);
     }
-    let mut trainer = Trainer::new(initial, AdamConfig::default()).map_err(|e| anyhow!("{e}"))?;
-    trainer.flow.params_mut().copy_from_slice(&state.params);
+    model
+        .set_params(&state.params)
+        .map_err(|e| anyhow!("{e}"))?;
+    let mut params = state.params.clone();
     let progress = output::progress_bar(steps, "steps", args.quiet);
     progress.set_position(state.step);
     let session = Instant::now();
     let elapsed_before = state.elapsed_s;
     // Training rate since the last evaluation, its time excluded: (clock, step).
     let mut rate_clock = (Instant::now(), state.step);
-    let mut grad = vec![0f32; trainer.flow.params().len()];
+    let mut grad = vec![0f32; params.len()];
+    let mut grad_forward = vec![0f32; params.len()];
     let (mut grad_norm, mut consecutive) = (f64::NAN, 0u64);
     let mut last_checkpoint = state.step;
     let mut eval_line = String::new();
 
     while state.step < steps {
         let lr = train.lr_at(state.step as usize);
-        let (actions, log_q) = trainer
-            .reverse_kl_gradient(target.as_ref(), train.batch, &mut state.rng)
-            .map_err(|e| anyhow!("{e}"))?;
-        let loss = actions
-            .iter()
-            .zip(&log_q)
-            .map(|(s, lq)| s + lq)
-            .sum::<f64>()
-            / train.batch as f64;
-        grad.copy_from_slice(trainer.gradient());
+        let batch = train.batch_at(state.step as usize);
+        let loss = gradient_step(
+            model.as_mut(),
+            &train,
+            target.as_ref(),
+            ensemble.as_ref(),
+            batch,
+            &mut state.rng,
+            (&mut grad, &mut grad_forward),
+        )?;
         state.step += 1;
         if loss.is_finite() && grad.iter().all(|g| g.is_finite()) {
             state.adam.set_lr(lr);
-            grad_norm = state.adam.step(trainer.flow.params_mut(), &grad);
+            grad_norm = state.adam.step(&mut params, &grad);
+            model.set_params(&params).map_err(|e| anyhow!("{e}"))?;
             consecutive = 0;
         } else {
             state.skipped += 1;
@@ -372,9 +377,9 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
                 train.eval_batch
             };
             let [eval_loss, loss_err, ess, acceptance, log_w_var] =
-                evaluate(&trainer, target.as_ref(), n, train.seed, state.step);
+                evaluate(model.as_ref(), target.as_ref(), n, train.seed, state.step);
             state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
-            state.params.copy_from_slice(trainer.flow.params());
+            state.params.copy_from_slice(&params);
             state.evaluations += 1;
             let values = [
                 state.step as f64,
@@ -395,7 +400,7 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         }
         if last || state.step.is_multiple_of(train.checkpoint_every as u64) {
             state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
-            state.params.copy_from_slice(trainer.flow.params());
+            state.params.copy_from_slice(&params);
             state.write_atomic(&model_path)?;
             last_checkpoint = state.step;
         }
@@ -415,14 +420,117 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// The flow config of a `[flow]` section on an `[L0, L1]` lattice.
-fn flow_config(section: &FlowSection, shape: [usize; 2]) -> AffineFlowConfig {
-    AffineFlowConfig {
-        shape,
-        layers: section.layers,
-        hidden: section.hidden.clone(),
-        kernel: section.kernel,
-        seed: section.seed,
+/// Stored configurations of an MCMC ensemble for the forward KL, `[n, dim]` f32.
+struct Ensemble {
+    configs: Vec<f32>,
+    dim: usize,
+}
+
+/// Reads every stored configuration of `path`; the ensemble's lattice must be `lattice`.
+fn read_ensemble(path: &Path, lattice: &LatticeFile) -> Result<Ensemble> {
+    if !path.exists() {
+        bail!(
+            "train.ensemble {} does not exist; write it with `boltzflow mcmc` (mcmc.store_configs = true) first",
+            path.display()
+        );
+    }
+    let reader = EnsembleReader::open(path)?;
+    let stored = LatticeFile::parse(&reader.meta().lattice_toml)
+        .map_err(|e| anyhow!("train.ensemble {}: stored lattice: {e}", path.display()))?;
+    if stored.target != lattice.target {
+        bail!(
+            "train.ensemble {} was generated on lattice {} but the target is {}; use an ensemble of the same lattice",
+            path.display(),
+            lattice_summary(&stored),
+            lattice_summary(lattice)
+        );
+    }
+    let Some(shape) = reader.config_shape() else {
+        bail!(
+            "train.ensemble {} holds no configurations; rerun boltzflow mcmc with mcmc.store_configs = true",
+            path.display()
+        );
+    };
+    let dim: usize = shape.iter().product();
+    let mut configs = Vec::new();
+    for chain in 0..reader.chains() {
+        configs.extend(
+            reader
+                .configs(chain, 0..reader.draws())?
+                .iter()
+                .map(|&v| v as f32),
+        );
+    }
+    if configs.is_empty() {
+        bail!("train.ensemble {} holds no draws yet", path.display());
+    }
+    tracing::info!(
+        "forward KL on {} configurations of {}",
+        configs.len() / dim,
+        path.display()
+    );
+    Ok(Ensemble { configs, dim })
+}
+
+/// -(1/B) sum log q on a minibatch drawn uniformly from the ensemble; its gradient into
+/// `grad`.
+fn forward_nll(
+    model: &mut dyn FlowModel,
+    ensemble: Option<&Ensemble>,
+    batch: usize,
+    rng: &mut Xoshiro256PlusPlus,
+    grad: &mut [f32],
+) -> Result<f64> {
+    let data = ensemble.ok_or_else(|| anyhow!("the forward KL needs train.ensemble"))?;
+    let n = data.configs.len() / data.dim;
+    let mut x = Vec::with_capacity(batch * data.dim);
+    for _ in 0..batch {
+        let i = rng.random_range(0..n);
+        x.extend_from_slice(&data.configs[i * data.dim..(i + 1) * data.dim]);
+    }
+    let log_q = model
+        .forward_kl_gradient(&x, grad)
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(-log_q.iter().sum::<f64>() / batch as f64)
+}
+
+/// The gradient of one step into `grads.0` (scratch in `grads.1`); returns the loss: the
+/// reverse-KL estimate for "reverse" and "mix", the negative log-likelihood for "forward".
+fn gradient_step(
+    model: &mut dyn FlowModel,
+    train: &TrainSection,
+    target: &dyn Target,
+    ensemble: Option<&Ensemble>,
+    batch: usize,
+    rng: &mut Xoshiro256PlusPlus,
+    grads: (&mut [f32], &mut [f32]),
+) -> Result<f64> {
+    let (grad, forward) = grads;
+    match train.objective {
+        Objective::Forward => {
+            let nll = forward_nll(model, ensemble, batch, rng, forward)?;
+            grad.copy_from_slice(forward);
+            Ok(nll)
+        }
+        Objective::Reverse | Objective::Mix => {
+            let (actions, log_q) = model
+                .reverse_kl_gradient(target, batch, rng, grad)
+                .map_err(|e| anyhow!("{e}"))?;
+            let loss = actions
+                .iter()
+                .zip(&log_q)
+                .map(|(s, lq)| s + lq)
+                .sum::<f64>()
+                / batch as f64;
+            if matches!(train.objective, Objective::Mix) {
+                forward_nll(model, ensemble, batch, rng, forward)?;
+                let a = train.forward_weight as f32;
+                for (g, f) in grad.iter_mut().zip(forward.iter()) {
+                    *g = (1.0 - a) * *g + a * f;
+                }
+            }
+            Ok(loss)
+        }
     }
 }
 
@@ -456,7 +564,7 @@ fn resume(
     model_path: &Path,
     h5_path: &Path,
     layout: &Layout,
-    flow_config: &AffineFlowConfig,
+    flow_config: &Architecture,
 ) -> Result<(EnsembleWriter, ModelFile)> {
     for p in [model_path, h5_path] {
         if !p.exists() {
@@ -531,5 +639,28 @@ mod tests {
         t.step_every = Some(30);
         assert_eq!(t.lr_at(29), 0.01);
         assert_eq!(t.lr_at(60), 0.01 * 0.25);
+    }
+
+    /// The batch-size schedule: `batch` before the first entry, then the latest entry's.
+    #[test]
+    fn batch_size_schedule() {
+        let t: TrainSection = toml::from_str(
+            "steps = 100\nseed = 1\nbatch = 64\nbatch_schedule = [[50, 256], [20, 128]]",
+        )
+        .unwrap();
+        t.validate().unwrap();
+        assert_eq!(t.batch_at(0), 64);
+        assert_eq!(t.batch_at(19), 64);
+        assert_eq!(t.batch_at(20), 128);
+        assert_eq!(t.batch_at(49), 128);
+        assert_eq!(t.batch_at(99), 256);
+        let bad: TrainSection =
+            toml::from_str("steps = 100\nseed = 1\nbatch_schedule = [[10, 1]]").unwrap();
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("batch_schedule")
+        );
     }
 }

@@ -24,7 +24,7 @@ mod dimer;
 mod double_well;
 mod dw4;
 mod lj;
-mod mueller_brown;
+pub mod mueller_brown;
 
 pub use dimer::{Dimer, DimerSpec};
 pub use double_well::{DoubleWell, DoubleWellSpec};

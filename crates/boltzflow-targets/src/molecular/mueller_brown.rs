@@ -23,12 +23,18 @@ use crate::quadrature::{CompositeRule, confining_box};
 use crate::spec::validate_temperature;
 use crate::{FnObservable, Observable, Result, Target};
 
-const AMP: [f64; 4] = [-200.0, -100.0, -170.0, 15.0];
-const A: [f64; 4] = [-1.0, -1.0, -6.5, 0.7];
-const B: [f64; 4] = [0.0, 0.0, 11.0, 0.6];
-const C: [f64; 4] = [-10.0, -10.0, -6.5, 0.7];
-const X0: [f64; 4] = [1.0, 0.0, -0.5, -1.0];
-const Y0: [f64; 4] = [0.0, 0.5, 1.5, 1.0];
+/// Amplitudes A_j of the four Gaussian terms (unscaled, k = 1).
+pub const AMP: [f64; 4] = [-200.0, -100.0, -170.0, 15.0];
+/// Coefficients a_j of (x - X_j)^2 in the exponents.
+pub const A: [f64; 4] = [-1.0, -1.0, -6.5, 0.7];
+/// Coefficients b_j of (x - X_j)(y - Y_j) in the exponents.
+pub const B: [f64; 4] = [0.0, 0.0, 11.0, 0.6];
+/// Coefficients c_j of (y - Y_j)^2 in the exponents.
+pub const C: [f64; 4] = [-10.0, -10.0, -6.5, 0.7];
+/// Centres X_j (x coordinates).
+pub const X0: [f64; 4] = [1.0, 0.0, -0.5, -1.0];
+/// Centres Y_j (y coordinates).
+pub const Y0: [f64; 4] = [0.0, 0.5, 1.5, 1.0];
 
 /// Approximate minima A, B, C (literature values), refined by Newton's method.
 const MINIMA_GUESS: [[f64; 2]; 3] = [[-0.558, 1.442], [0.623, 0.028], [-0.050, 0.467]];

@@ -1,0 +1,172 @@
+//! [`BurnModel`]: a [`Flow`] on an autodiff backend with the target's tensor action, trained
+//! through [`FlowModel`].
+//!
+//! ```text
+//! reverse KL:  L = (1/B) sum_b [log q(f(z_b)) + S(f(z_b))],  z_b ~ pi   (reparameterised)
+//! forward KL:  L = -(1/B) sum_b log q(x_b),  log q(x) = log pi(f^-1(x)) + log|det J_f^-1(x)|
+//! ```
+//!
+//! Gradients come from burn's autodiff on the flat parameter tensor and are copied to the
+//! host, where the optimiser (the flow crate's Adam, serialisable for exact resumption) runs.
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use boltzflow_targets::{Target, TargetSpec};
+
+use crate::action::{TensorAction, tensor_action};
+use crate::flow::{Flow, FlowConfig, host};
+use crate::{FlowError, FlowModel, Result};
+
+/// The default CPU backend: burn's ndarray backend with autodiff.
+pub type CpuBackend = Autodiff<NdArray<f32>>;
+
+/// burn-cuda with autodiff.
+#[cfg(feature = "cuda")]
+pub type CudaBackend = Autodiff<burn::backend::Cuda<f32>>;
+
+/// A flow with its target's tensor action on backend `B`.
+pub struct BurnModel<B: AutodiffBackend> {
+    flow: Flow<B>,
+    action: Box<dyn TensorAction<B>>,
+}
+
+impl<B: AutodiffBackend> BurnModel<B> {
+    /// A fresh flow for `spec` on `device`; the flow's shape must be the target's.
+    pub fn new(config: &FlowConfig, spec: &TargetSpec, device: &B::Device) -> Result<Self> {
+        let target = spec.build().map_err(|e| FlowError::InvalidConfig {
+            name: "target",
+            value: e.to_string(),
+            fix: "fix the lattice file",
+        })?;
+        if target.shape() != config.shape {
+            return Err(FlowError::InvalidConfig {
+                name: "shape",
+                value: format!("{:?}", config.shape),
+                fix: "the flow's shape must be the target's shape",
+            });
+        }
+        Ok(Self {
+            flow: Flow::new(config, device)?,
+            action: tensor_action::<B>(spec, device).map_err(|e| FlowError::InvalidConfig {
+                name: "target",
+                value: e.to_string(),
+                fix: "fix the lattice file",
+            })?,
+        })
+    }
+
+    /// The flow.
+    pub fn flow(&self) -> &Flow<B> {
+        &self.flow
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &FlowConfig {
+        self.flow.config()
+    }
+
+    /// The parameters as a leaf tensor that records gradients.
+    fn tracked(&self) -> Flow<B> {
+        self.flow
+            .with_params(self.flow.params().clone().detach().require_grad())
+    }
+}
+
+/// Copies d loss / d params to `grad`.
+fn write_gradient<B: AutodiffBackend>(
+    loss: Tensor<B, 1>,
+    params: &Tensor<B, 1>,
+    grad: &mut [f32],
+) -> Result<()> {
+    let grads = loss.backward();
+    let g = params
+        .grad(&grads)
+        .map(host)
+        .unwrap_or_else(|| vec![0.0; grad.len()]);
+    if g.len() != grad.len() {
+        return Err(FlowError::Shape {
+            what: "gradient buffer",
+            len: grad.len(),
+            volume: g.len(),
+        });
+    }
+    grad.copy_from_slice(&g);
+    Ok(())
+}
+
+impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
+    fn dim(&self) -> usize {
+        self.flow.config().dim()
+    }
+
+    fn params(&self) -> Vec<f32> {
+        self.flow.params_host()
+    }
+
+    fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        self.flow.set_params(params)
+    }
+
+    fn sample(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> (Vec<f32>, Vec<f64>) {
+        let inner: Flow<B::InnerBackend> = self.flow.valid();
+        inner.sample(n, rng)
+    }
+
+    fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>> {
+        self.flow.valid().log_prob(x)
+    }
+
+    fn reverse_kl_gradient(
+        &mut self,
+        target: &dyn Target,
+        batch: usize,
+        rng: &mut Xoshiro256PlusPlus,
+        grad: &mut [f32],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        if batch < 2 {
+            return Err(FlowError::InvalidConfig {
+                name: "batch",
+                value: batch.to_string(),
+                fix: "use a batch of at least 2 samples",
+            });
+        }
+        let dim = self.dim();
+        let prior = self.flow.config().prior;
+        let z = prior.draw(batch * dim, rng);
+        let log_prior: Vec<f64> = z.chunks(dim).map(|z| prior.log_density(z)).collect();
+        let tracked = self.tracked();
+        let zt = Tensor::<B, 2>::from_data(TensorData::new(z, [batch, dim]), self.flow.options());
+        let (x, log_det) = tracked.forward(zt.clone());
+        let log_q_t = tracked.log_prior(zt) - log_det.clone();
+        let loss = (log_q_t + self.action.action(x.clone())).mean();
+        write_gradient(loss, tracked.params(), grad)?;
+        let x = host(x);
+        let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+        let mut actions = vec![0.0; batch];
+        target.action_batch(&x64, &mut actions);
+        let log_q = log_prior
+            .iter()
+            .zip(host(log_det))
+            .map(|(lp, ld)| lp - f64::from(ld))
+            .collect();
+        Ok((actions, log_q))
+    }
+
+    fn forward_kl_gradient(&mut self, x: &[f32], grad: &mut [f32]) -> Result<Vec<f64>> {
+        let tracked = self.tracked();
+        let xt = tracked.tensor(x)?;
+        let (z, log_det) = tracked.inverse(xt);
+        let log_q_t = tracked.log_prior(z.clone()) + log_det.clone();
+        write_gradient(-log_q_t.mean(), tracked.params(), grad)?;
+        let dim = self.dim();
+        let prior = self.flow.config().prior;
+        Ok(host(z)
+            .chunks(dim)
+            .zip(host(log_det))
+            .map(|(z, ld)| prior.log_density(z) + f64::from(ld))
+            .collect())
+    }
+}

@@ -1,0 +1,246 @@
+//! KL gradients of the burn engine: reverse KL against the hand-written backward pass of the
+//! native kernels, forward KL against finite differences, and a trained spline flow on the
+//! free field against the exact ln Z (seeded, |x - exact| < 4 sigma).
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+use boltzflow_burn::{
+    Activation, BurnModel, Conditioner, Flow, FlowConfig, FlowModel, Mask, Prior, Transform,
+};
+use boltzflow_flow::{Adam, AdamConfig, AffineFlow, AffineFlowConfig, Trainer};
+use boltzflow_targets::TargetSpec;
+use boltzflow_targets::phi4::Phi4Spec;
+
+fn phi4(shape: [i64; 2], m2: f64, lam: f64) -> TargetSpec {
+    TargetSpec::Phi4(Phi4Spec {
+        shape: shape.to_vec(),
+        m2: Some(m2),
+        lam: Some(lam),
+        kappa: None,
+        lam_h: None,
+    })
+}
+
+fn conv_config(shape: [usize; 2], layers: usize, transform: Transform) -> FlowConfig {
+    FlowConfig {
+        shape: shape.to_vec(),
+        layers,
+        transform,
+        conditioner: Conditioner::Conv {
+            hidden: vec![8, 8],
+            kernel: 3,
+            activation: Activation::LeakyRelu,
+        },
+        mask: Mask::Checkerboard,
+        z2: false,
+        prior: Prior::Normal,
+        seed: 1,
+    }
+}
+
+#[test]
+fn reverse_kl_gradient_equals_the_native_backward_pass() {
+    let spec = phi4([4, 6], -4.0, 8.0);
+    let target = spec.build().unwrap();
+    let native_flow = AffineFlow::<f32>::new(&AffineFlowConfig::tutorial([4, 6], 2)).unwrap();
+    let mut native = Trainer::new(native_flow.clone(), AdamConfig::default()).unwrap();
+    let mut model = BurnModel::<Autodiff<NdArray<f64>>>::new(
+        &conv_config([4, 6], 16, Transform::Affine),
+        &spec,
+        &Default::default(),
+    )
+    .unwrap();
+    FlowModel::set_params(&mut model, native_flow.params()).unwrap();
+    let n = native_flow.params().len();
+    let (mut g_native, mut g_burn) = (vec![0f32; n], vec![0f32; n]);
+    let batch = 32;
+    let (s_n, lq_n) = FlowModel::reverse_kl_gradient(
+        &mut native,
+        target.as_ref(),
+        batch,
+        &mut Xoshiro256PlusPlus::seed_from_u64(4),
+        &mut g_native,
+    )
+    .unwrap();
+    let (s_b, lq_b) = model
+        .reverse_kl_gradient(
+            target.as_ref(),
+            batch,
+            &mut Xoshiro256PlusPlus::seed_from_u64(4),
+            &mut g_burn,
+        )
+        .unwrap();
+    for b in 0..batch {
+        assert!(
+            (s_n[b] - s_b[b]).abs() < 1e-4 * (1.0 + s_n[b].abs()),
+            "action {b}"
+        );
+        assert!(
+            (lq_n[b] - lq_b[b]).abs() < 1e-4 * (1.0 + lq_n[b].abs()),
+            "log q {b}"
+        );
+    }
+    let norm = g_native
+        .iter()
+        .map(|g| f64::from(*g).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let diff = g_native
+        .iter()
+        .zip(&g_burn)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    assert!(norm > 1e-3, "gradient vanishes: {norm}");
+    assert!(
+        diff < 1e-4 * norm,
+        "burn and native gradients differ: |diff| {diff}, |g| {norm}"
+    );
+}
+
+#[test]
+fn forward_kl_gradient_matches_finite_differences() {
+    type B = Autodiff<NdArray<f64>>;
+    let config = FlowConfig {
+        shape: vec![2, 2],
+        layers: 3,
+        transform: Transform::Spline {
+            bins: 4,
+            bound: 3.0,
+        },
+        conditioner: Conditioner::Mlp {
+            hidden: vec![6],
+            activation: Activation::Tanh,
+        },
+        mask: Mask::Alternating,
+        z2: false,
+        prior: Prior::Normal,
+        seed: 8,
+    };
+    let spec = TargetSpec::Dw4(boltzflow_targets::molecular::Dw4Spec {
+        temperature: 1.0,
+        n_particles: 2,
+        a: 0.0,
+        b: -4.0,
+        c: 0.9,
+        d0: 4.0,
+    });
+    let mut model = BurnModel::<B>::new(&config, &spec, &Default::default()).unwrap();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
+    let params: Vec<f32> = FlowModel::params(&model)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| p + 0.2 * ((i * 7919 % 13) as f32 / 13.0 - 0.5))
+        .collect();
+    FlowModel::set_params(&mut model, &params).unwrap();
+    let data = Prior::Normal.draw(16 * 4, &mut rng);
+    let mut grad = vec![0f32; params.len()];
+    model.forward_kl_gradient(&data, &mut grad).unwrap();
+
+    // L(theta) = -mean log q(data) in f64 on the non-autodiff backend.
+    let loss = |theta: &[f64]| -> f64 {
+        let flow: Flow<NdArray<f64>> = model.flow().valid().with_params(Tensor::from_data(
+            TensorData::new(theta.to_vec(), [theta.len()]),
+            &Default::default(),
+        ));
+        let x = Tensor::from_data(
+            TensorData::new(
+                data.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+                [16, 4],
+            ),
+            &Default::default(),
+        );
+        let (z, ld) = flow.inverse(x);
+        let lq = flow.log_prior(z) + ld;
+        -lq.mean().into_data().to_vec::<f64>().unwrap()[0]
+    };
+    let theta: Vec<f64> = params.iter().map(|&p| f64::from(p)).collect();
+    let h = 1e-5;
+    let mut checked = 0;
+    for i in (0..theta.len()).step_by(7) {
+        let (mut plus, mut minus) = (theta.clone(), theta.clone());
+        plus[i] += h;
+        minus[i] -= h;
+        let numerical = (loss(&plus) - loss(&minus)) / (2.0 * h);
+        assert!(
+            (numerical - f64::from(grad[i])).abs() < 1e-5 * (1.0 + numerical.abs()),
+            "parameter {i}: autodiff {} vs finite differences {numerical}",
+            grad[i]
+        );
+        checked += 1;
+    }
+    assert!(checked > 10);
+}
+
+/// A spline flow with MLP conditioners trained by reverse KL on the 2D double well: the
+/// reweighted ln Z agrees with quadrature within 4 sigma, and both wells are populated
+/// (the spline bends the Gaussian into the bimodal marginal).
+#[test]
+fn trained_spline_flow_reproduces_the_double_well_ln_z() {
+    let spec =
+        TargetSpec::DoubleWell(boltzflow_targets::molecular::DoubleWellSpec { temperature: 1.0 });
+    let target = spec.build().unwrap();
+    let exact_ln_z = target
+        .exact()
+        .get("ln_z")
+        .copied()
+        .expect("quadrature ln Z");
+    let config = FlowConfig {
+        shape: vec![2],
+        layers: 4,
+        transform: Transform::Spline {
+            bins: 8,
+            bound: 4.0,
+        },
+        conditioner: Conditioner::Mlp {
+            hidden: vec![32],
+            activation: Activation::Tanh,
+        },
+        mask: Mask::Alternating,
+        z2: false,
+        prior: Prior::Normal,
+        seed: 2,
+    };
+    let mut model =
+        BurnModel::<Autodiff<NdArray<f32>>>::new(&config, &spec, &Default::default()).unwrap();
+    let mut params = FlowModel::params(&model);
+    let mut adam = Adam::new(
+        AdamConfig {
+            lr: 1e-2,
+            ..AdamConfig::default()
+        },
+        params.len(),
+    )
+    .unwrap();
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(10);
+    let mut grad = vec![0f32; params.len()];
+    for _ in 0..1000 {
+        model
+            .reverse_kl_gradient(target.as_ref(), 256, &mut rng, &mut grad)
+            .unwrap();
+        adam.step(&mut params, &grad);
+        FlowModel::set_params(&mut model, &params).unwrap();
+    }
+    let n = 16384;
+    let (x, log_q) = FlowModel::sample(&model, n, &mut rng);
+    let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let mut action = vec![0.0; n];
+    target.action_batch(&x64, &mut action);
+    let log_w: Vec<f64> = action.iter().zip(&log_q).map(|(s, lq)| -s - lq).collect();
+    let ess = boltzflow_stats::ess_fraction(&log_w);
+    let (ln_z, ln_z_err) = boltzflow_stats::ln_z(&log_w).unwrap();
+    let right_well = x64.chunks(2).filter(|p| p[0] > 0.0).count() as f64 / n as f64;
+    eprintln!(
+        "double well: ESS/N {ess}, right well {right_well}, ln Z {ln_z} +- {ln_z_err} vs {exact_ln_z}"
+    );
+    assert!(ess > 0.1, "ESS/N {ess}");
+    // Well B holds 3.3% of the mass; a flow that dropped it would bias ln Z by -0.034.
+    assert!(right_well > 0.0, "the flow never proposes well B");
+    assert!(
+        (ln_z - exact_ln_z).abs() < 4.0 * ln_z_err,
+        "ln Z {ln_z} +- {ln_z_err} vs exact {exact_ln_z}"
+    );
+}

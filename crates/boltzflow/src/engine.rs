@@ -1,0 +1,175 @@
+//! Which implementation runs a flow: the hand-written f32 CPU kernels of `boltzflow-flow`
+//! (affine or spline couplings with periodic conv conditioners on 2D lattices: the fast path) or
+//! `boltzflow-burn` on a burn backend (every coupling, conditioner, mask and objective; CPU
+//! ndarray, or CUDA when built with `--features cuda`).
+//!
+//! `flow.engine = "auto"` (the default) picks the native kernels whenever they implement the
+//! requested model and objective, and burn otherwise. Both store the same parameter layout
+//! for the affine conv model, so their model files describe the same flow.
+
+use anyhow::{Result, anyhow, bail};
+use serde::{Deserialize, Serialize};
+
+use boltzflow_burn::{
+    Activation, BurnModel, Conditioner, CpuBackend, FlowConfig, Mask, Prior, Transform,
+};
+use boltzflow_flow::flow::NativeCoupling;
+use boltzflow_flow::{AdamConfig, AffineFlow, AffineFlowConfig, FlowModel, Trainer};
+use boltzflow_targets::TargetSpec;
+
+use crate::config::{ConditionerKind, Coupling, Engine, FlowSection};
+
+/// Where a burn flow runs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Device {
+    /// The CPU (native kernels or burn's ndarray backend).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (burn-cuda; needs a build with `--features cuda`).
+    Cuda,
+}
+
+/// A flow's architecture as stored in model files.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Architecture {
+    /// The hand-written affine conv flow.
+    Native(AffineFlowConfig),
+    /// A burn flow.
+    Burn(FlowConfig),
+}
+
+impl Architecture {
+    /// The architecture a `[flow]` section asks for on a target of `shape`, with the engine
+    /// resolved (`auto`: native when it can run the model and `forward_kl` is false).
+    pub fn resolve(section: &FlowSection, shape: &[usize], forward_kl: bool) -> Result<Self> {
+        let burn = burn_config(section, shape);
+        burn.validate().map_err(|e| anyhow!("[flow]: {e}"))?;
+        let native_capable = matches!(section.coupling, Coupling::Affine | Coupling::Spline)
+            && matches!(section.conditioner, ConditionerKind::Conv)
+            && matches!(section.mask, Mask::Checkerboard)
+            && matches!(section.activation, Activation::LeakyRelu)
+            && !section.z2
+            && shape.len() == 2
+            && section.device == Device::Cpu;
+        match section.engine {
+            Engine::Native if !native_capable => bail!(
+                "flow.engine = \"native\" runs only affine or spline couplings with leaky_relu conv conditioners, checkerboard masks and no z2 on 2D lattices on the CPU; set flow.engine = \"burn\" (or \"auto\")"
+            ),
+            Engine::Native if forward_kl => bail!(
+                "flow.engine = \"native\" trains by reverse KL only; set flow.engine = \"burn\" (or \"auto\") for train.objective = \"forward\" or \"mix\""
+            ),
+            Engine::Native => Ok(Self::Native(native_config(section, shape))),
+            Engine::Auto if native_capable && !forward_kl => {
+                Ok(Self::Native(native_config(section, shape)))
+            }
+            Engine::Auto | Engine::Burn => Ok(Self::Burn(burn)),
+        }
+    }
+
+    /// A human-readable one-liner: engine, coupling, layers.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::Native(c) => format!(
+                "native {:?} flow, {} layers, conv hidden {:?}, kernel {}",
+                c.coupling, c.layers, c.hidden, c.kernel
+            ),
+            Self::Burn(c) => format!(
+                "burn flow, {} layers, {:?}, {:?}{}",
+                c.layers,
+                c.transform,
+                c.conditioner,
+                if c.z2 { ", Z2-equivariant" } else { "" }
+            ),
+        }
+    }
+
+    /// A model with fresh parameters on `device`.
+    pub fn build(&self, spec: &TargetSpec, device: Device) -> Result<Box<dyn FlowModel>> {
+        match self {
+            Self::Native(config) => {
+                let flow = AffineFlow::<f32>::new(config).map_err(|e| anyhow!("[flow]: {e}"))?;
+                Ok(Box::new(
+                    Trainer::new(flow, AdamConfig::default()).map_err(|e| anyhow!("{e}"))?,
+                ))
+            }
+            Self::Burn(config) => match device {
+                Device::Cpu => Ok(Box::new(
+                    BurnModel::<CpuBackend>::new(config, spec, &Default::default())
+                        .map_err(|e| anyhow!("[flow]: {e}"))?,
+                )),
+                Device::Cuda => cuda_model(config, spec),
+            },
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_model(config: &FlowConfig, spec: &TargetSpec) -> Result<Box<dyn FlowModel>> {
+    Ok(Box::new(
+        BurnModel::<boltzflow_burn::CudaBackend>::new(config, spec, &Default::default())
+            .map_err(|e| anyhow!("[flow]: {e}"))?,
+    ))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_model(_config: &FlowConfig, _spec: &TargetSpec) -> Result<Box<dyn FlowModel>> {
+    bail!(
+        "flow.device = \"cuda\" but this boltzflow was built without CUDA; rebuild with `cargo build --release --features cuda` or set flow.device = \"cpu\""
+    )
+}
+
+fn native_config(section: &FlowSection, shape: &[usize]) -> AffineFlowConfig {
+    AffineFlowConfig {
+        shape: [shape[0], shape[1]],
+        layers: section.layers,
+        hidden: section.hidden.clone(),
+        kernel: section.kernel,
+        seed: section.seed,
+        coupling: match section.coupling {
+            Coupling::Spline => NativeCoupling::Spline {
+                bins: section.bins,
+                bound: section.bound,
+            },
+            _ => NativeCoupling::Affine,
+        },
+    }
+}
+
+fn burn_config(section: &FlowSection, shape: &[usize]) -> FlowConfig {
+    let transform = match section.coupling {
+        Coupling::Additive => Transform::Additive,
+        Coupling::Affine => Transform::Affine,
+        Coupling::Spline => Transform::Spline {
+            bins: section.bins,
+            bound: section.bound,
+        },
+        Coupling::CircularSpline => Transform::CircularSpline { bins: section.bins },
+    };
+    let conditioner = match section.conditioner {
+        ConditionerKind::Conv => Conditioner::Conv {
+            hidden: section.hidden.clone(),
+            kernel: section.kernel,
+            activation: section.activation,
+        },
+        ConditionerKind::Mlp => Conditioner::Mlp {
+            hidden: section.hidden.clone(),
+            activation: section.activation,
+        },
+    };
+    FlowConfig {
+        shape: shape.to_vec(),
+        layers: section.layers,
+        transform,
+        conditioner,
+        mask: section.mask,
+        z2: section.z2,
+        prior: if matches!(section.coupling, Coupling::CircularSpline) {
+            Prior::UniformCircle
+        } else {
+            Prior::Normal
+        },
+        seed: section.seed,
+    }
+}
