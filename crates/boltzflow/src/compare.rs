@@ -349,6 +349,10 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
         write(&dir.join("abs_m_hist.svg"), &svg)?;
         plots.push(("Histogram of |M|/V", "abs_m_hist.svg"));
     }
+    if let Some(svg) = autocorrelation_svg(&sample_path, &baselines, &compare.observables)? {
+        write(&dir.join("autocorrelation.svg"), &svg)?;
+        plots.push(("Autocorrelation functions", "autocorrelation.svg"));
+    }
 
     let markdown = report_markdown(
         path,
@@ -796,7 +800,77 @@ fn training_svg(series: &BTreeMap<String, Vec<f64>>) -> String {
         "ESS/N",
         &[curve("ess", "ESS/N", COLORS[1])],
     );
-    svg_document(960.0, 340.0, &body)
+    panel(
+        &mut body,
+        (960.0, 0.0, 480.0, 340.0),
+        "independence-MH acceptance",
+        "step",
+        "acceptance",
+        &[curve("acceptance", "acceptance", COLORS[2])],
+    );
+    svg_document(1440.0, 340.0, &body)
+}
+
+/// Lags shown in the autocorrelation plot.
+const ACF_LAGS: usize = 50;
+
+/// rho(t), t = 0..50, of each tabulated observable (that is a stored series): the flow-MH
+/// chain (its `chain_<name>` series, or the proposals at `mh_index`) and every baseline (all
+/// chains, Gamma-method estimator). One panel per observable.
+fn autocorrelation_svg(
+    sample: &Path,
+    baselines: &[(SamplerKind, Report, f64, PathBuf)],
+    observables: &[String],
+) -> Result<Option<String>> {
+    let reader = EnsembleReader::open(sample)?;
+    let names = reader.series_names();
+    if !names.iter().any(|n| n == "mh_index") {
+        return Ok(None);
+    }
+    let index = reader.series("mh_index")?.swap_remove(0);
+    let mut body = String::new();
+    let mut panels = 0;
+    for name in observables.iter().filter(|n| names.contains(n)) {
+        let chain = if names.contains(&format!("chain_{name}")) {
+            reader.series(&format!("chain_{name}"))?.swap_remove(0)
+        } else {
+            let values = reader.series(name)?.swap_remove(0);
+            index.iter().map(|&i| values[i as usize]).collect()
+        };
+        let mut sets = vec![("flow-MH".to_string(), vec![chain])];
+        for (kind, _, _, file) in baselines {
+            sets.push((
+                kind.name().into(),
+                EnsembleReader::open(file)?.series(name)?,
+            ));
+        }
+        let curves: Vec<Curve> = sets
+            .iter()
+            .enumerate()
+            .map(|(i, (label, replicas))| {
+                let slices: Vec<&[f64]> = replicas.iter().map(|r| r.as_slice()).collect();
+                Curve {
+                    label: label.clone(),
+                    color: COLORS[i % COLORS.len()],
+                    points: boltzflow_stats::autocorrelation(&slices, ACF_LAGS)
+                        .into_iter()
+                        .enumerate()
+                        .map(|(t, rho)| (t as f64, rho))
+                        .collect(),
+                }
+            })
+            .collect();
+        panel(
+            &mut body,
+            (panels as f64 * 560.0, 0.0, 560.0, 400.0),
+            &format!("autocorrelation of {name}"),
+            "lag t (draws)",
+            "rho(t)",
+            &curves,
+        );
+        panels += 1;
+    }
+    Ok((panels > 0).then(|| svg_document(560.0 * panels as f64, 400.0, &body)))
 }
 
 /// Normalised densities of `values` with `weights` over `bins` bins on [lo, hi], as the
