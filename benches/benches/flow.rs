@@ -9,9 +9,7 @@
 
 use std::hint::black_box;
 
-use boltzflow_burn::{
-    Activation, BurnModel, Conditioner, CpuBackend, FlowConfig, Mask, Prior, Transform,
-};
+use boltzflow_burn::{BurnModel, CpuBackend, FlowConfig, Transform};
 use boltzflow_flow::flow::NativeCoupling;
 use boltzflow_flow::{AdamConfig, AffineFlow, AffineFlowConfig, FlowModel, Trainer};
 use boltzflow_targets::TargetSpec;
@@ -38,20 +36,7 @@ fn target() -> Phi4 {
 
 /// The tutorial model (affine) or the spline model of the comparison, on burn's CPU backend.
 fn burn_model(transform: Transform, layers: usize) -> BurnModel<CpuBackend> {
-    let config = FlowConfig {
-        shape: vec![8, 8],
-        layers,
-        transform,
-        conditioner: Conditioner::Conv {
-            hidden: vec![8, 8],
-            kernel: 3,
-            activation: Activation::LeakyRelu,
-        },
-        mask: Mask::Checkerboard,
-        z2: false,
-        prior: Prior::Normal,
-        seed: 1,
-    };
+    let config = FlowConfig::lattice([8, 8], layers, transform, 1);
     BurnModel::new(&config, &TargetSpec::Phi4(spec()), &Default::default()).expect("burn flow")
 }
 

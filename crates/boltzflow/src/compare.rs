@@ -554,6 +554,27 @@ fn report_markdown(
         "- sampling: {} samples in {sample_wall:.2} s",
         flow.draws
     );
+    if let Some((_, wall)) = training {
+        // Training amortised over this run's independent samples.
+        let mut parts = Vec::new();
+        for (name, rows) in tables {
+            for r in rows
+                .iter()
+                .filter(|r| r.method == "flow-MH" || r.method == "reweighted")
+            {
+                parts.push(format!(
+                    "{name} {} {}",
+                    r.method,
+                    sci((r.wall_s + wall) / r.independent)
+                ));
+            }
+        }
+        let _ = writeln!(
+            s,
+            "- wall s per independent sample with the training amortised over this run: {}",
+            parts.join(", ")
+        );
+    }
     if let Some(ess) = flow.ess {
         let _ = writeln!(s, "- ESS/N: {ess:.4}");
     }
