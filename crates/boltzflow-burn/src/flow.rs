@@ -133,11 +133,11 @@ pub enum Prior {
 }
 
 impl Prior {
-    /// log pi(z) of one sample, in f64.
-    pub fn log_density(self, z: &[f32]) -> f64 {
+    /// log pi(z) of one sample (f32 or f64 values), in f64.
+    pub fn log_density<T: Copy + Into<f64>>(self, z: &[T]) -> f64 {
         match self {
             Self::Normal => {
-                -0.5 * z.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>()
+                -0.5 * z.iter().map(|&v| v.into().powi(2)).sum::<f64>()
                     - 0.5 * z.len() as f64 * (2.0 * PI).ln()
             }
             Self::UniformCircle => -(z.len() as f64) * (2.0 * PI).ln(),
@@ -512,8 +512,8 @@ impl<B: Backend> Flow<B> {
             x.extend(host(xt));
             log_q.extend(
                 z.chunks(dim)
-                    .zip(host(log_det))
-                    .map(|(z, ld)| self.config.prior.log_density(z) - f64::from(ld)),
+                    .zip(host64(log_det))
+                    .map(|(z, ld)| self.config.prior.log_density(z) - ld),
             );
         }
         (x, log_q)
@@ -526,11 +526,11 @@ impl<B: Backend> Flow<B> {
         let mut log_q = Vec::with_capacity(x.len() / dim);
         for x in x.chunks(SAMPLE_CHUNK * dim) {
             let (z, log_det) = self.inverse(self.tensor(x)?);
-            let z = host(z);
+            let z = host64(z);
             log_q.extend(
                 z.chunks(dim)
-                    .zip(host(log_det))
-                    .map(|(z, ld)| self.config.prior.log_density(z) + f64::from(ld)),
+                    .zip(host64(log_det))
+                    .map(|(z, ld)| self.config.prior.log_density(z) + ld),
             );
         }
         Ok(log_q)
@@ -670,6 +670,15 @@ impl<B: Backend> Flow<B> {
 /// The float dtype of backend `B`.
 pub fn float_dtype<B: Backend>() -> DType {
     <B::FloatElem as Element>::dtype()
+}
+
+/// A tensor's values on the host as f64 (exact for f32 and f64 backends): log-dets and
+/// latent values that enter log q, which is accumulated in f64.
+pub fn host64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data()
+        .convert::<f64>()
+        .to_vec()
+        .expect("float tensor data converts to Vec<f64>")
 }
 
 /// A tensor's values on the host as f32.

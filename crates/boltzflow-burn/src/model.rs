@@ -17,7 +17,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use boltzflow_targets::{Target, TargetSpec};
 
 use crate::action::{TensorAction, tensor_action};
-use crate::flow::{Flow, FlowConfig, host};
+use crate::flow::{Flow, FlowConfig, host, host64};
 use crate::{FlowError, FlowModel, Result};
 
 /// The default CPU backend: burn's ndarray backend with autodiff.
@@ -149,8 +149,8 @@ impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
         target.action_batch(&x64, &mut actions);
         let log_q = log_prior
             .iter()
-            .zip(host(log_det))
-            .map(|(lp, ld)| lp - f64::from(ld))
+            .zip(host64(log_det))
+            .map(|(lp, ld)| lp - ld)
             .collect();
         Ok((actions, log_q))
     }
@@ -163,10 +163,10 @@ impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
         write_gradient(-log_q_t.mean(), tracked.params(), grad)?;
         let dim = self.dim();
         let prior = self.flow.config().prior;
-        Ok(host(z)
+        Ok(host64(z)
             .chunks(dim)
-            .zip(host(log_det))
-            .map(|(z, ld)| prior.log_density(z) + f64::from(ld))
+            .zip(host64(log_det))
+            .map(|(z, ld)| prior.log_density(z) + ld)
             .collect())
     }
 }

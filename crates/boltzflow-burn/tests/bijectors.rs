@@ -402,11 +402,9 @@ fn burn_spline_flow_equals_the_hand_written_kernels() {
 }
 
 /// The same parameters give the same log q in both engines (f64 burn against the native
-/// kernels in f64), for configurations drawn from the native flow. The inverse of 16 spline
-/// layers far from the identity amplifies f64 rounding (conv sums in a different order) by
-/// up to dx/dy per layer, hence the looser tolerance there.
+/// kernels in f64), for configurations drawn from the native flow.
 fn burn_equals_native(coupling: boltzflow_flow::flow::NativeCoupling, transform: Transform) {
-    let tolerance = if coupling.is_affine() { 1e-8 } else { 1e-6 };
+    let tolerance = 1e-10;
     let mut native = boltzflow_flow::AffineFlow::<f32>::new(&boltzflow_flow::AffineFlowConfig {
         coupling,
         ..boltzflow_flow::AffineFlowConfig::tutorial([4, 6], 9)
