@@ -29,6 +29,9 @@ use std::ops::{Add, Div, Mul, Sub};
 pub const MIN_BIN: f64 = 1e-3;
 /// Minimum knot derivative.
 pub const MIN_DERIVATIVE: f64 = 1e-3;
+/// Most bins the native spline supports (its knots live on the stack: no allocation per
+/// element in the hot loop).
+pub const MAX_BINS: usize = 64;
 
 /// A spline with `bins` bins on [-bound, bound].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -39,21 +42,27 @@ pub struct Spline {
     pub bound: f64,
 }
 
-/// Knots of one spline: positions, heights and derivatives `[K + 1]`, and the softmax
-/// fractions of widths and heights `[K]`.
+/// Knots of one spline: positions, heights and derivatives (first K + 1 entries), and the
+/// softmax fractions of widths and heights (first K).
 struct Knots {
-    x: Vec<f64>,
-    y: Vec<f64>,
-    d: Vec<f64>,
-    soft_w: Vec<f64>,
-    soft_h: Vec<f64>,
+    x: [f64; MAX_BINS + 1],
+    y: [f64; MAX_BINS + 1],
+    d: [f64; MAX_BINS + 1],
+    soft_w: [f64; MAX_BINS],
+    soft_h: [f64; MAX_BINS],
 }
 
-fn softmax(raw: &[f64]) -> Vec<f64> {
+/// softmax(raw) into `out[..raw.len()]`.
+fn softmax(raw: &[f64], out: &mut [f64; MAX_BINS]) {
     let max = raw.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let e: Vec<f64> = raw.iter().map(|r| (r - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|v| v / sum).collect()
+    let mut sum = 0.0;
+    for (o, r) in out.iter_mut().zip(raw) {
+        *o = (r - max).exp();
+        sum += *o;
+    }
+    for o in &mut out[..raw.len()] {
+        *o /= sum;
+    }
 }
 
 /// ln(1 + e^x) without overflow.
@@ -81,35 +90,33 @@ impl Spline {
 
     fn knots(&self, raw: &[f64]) -> Knots {
         let k = self.bins;
+        debug_assert!((2..=MAX_BINS).contains(&k));
         let (lo, hi) = (-self.bound, self.bound);
-        let positions = |soft: &[f64]| -> Vec<f64> {
-            let mut p = Vec::with_capacity(k + 1);
-            p.push(lo);
+        let positions = |soft: &[f64; MAX_BINS], p: &mut [f64; MAX_BINS + 1]| {
+            p[0] = lo;
             let mut c = 0.0;
-            for s in &soft[..k - 1] {
+            for (i, s) in soft[..k - 1].iter().enumerate() {
                 c += MIN_BIN + (1.0 - k as f64 * MIN_BIN) * s;
-                p.push(lo + (hi - lo) * c);
+                p[i + 1] = lo + (hi - lo) * c;
             }
-            p.push(hi);
-            p
+            p[k] = hi;
         };
-        let soft_w = softmax(&raw[..k]);
-        let soft_h = softmax(&raw[k..2 * k]);
-        let mut d = Vec::with_capacity(k + 1);
-        d.push(1.0);
-        d.extend(
-            raw[2 * k..3 * k - 1]
-                .iter()
-                .map(|&r| MIN_DERIVATIVE + softplus(r)),
-        );
-        d.push(1.0);
-        Knots {
-            x: positions(&soft_w),
-            y: positions(&soft_h),
-            d,
-            soft_w,
-            soft_h,
+        let mut knots = Knots {
+            x: [0.0; MAX_BINS + 1],
+            y: [0.0; MAX_BINS + 1],
+            // d_0 = d_K = 1; the inner ones are set below.
+            d: [1.0; MAX_BINS + 1],
+            soft_w: [0.0; MAX_BINS],
+            soft_h: [0.0; MAX_BINS],
+        };
+        softmax(&raw[..k], &mut knots.soft_w);
+        softmax(&raw[k..2 * k], &mut knots.soft_h);
+        positions(&knots.soft_w, &mut knots.x);
+        positions(&knots.soft_h, &mut knots.y);
+        for (i, &r) in raw[2 * k..3 * k - 1].iter().enumerate() {
+            knots.d[i + 1] = MIN_DERIVATIVE + softplus(r);
         }
+        knots
     }
 
     /// Bin of `v` among `knots` (number of inner knots <= v).
@@ -124,8 +131,7 @@ impl Spline {
         }
         let knots = self.knots(raw);
         let k = self.locate(x, &knots.x);
-        let (y, ld) = rq(D::var(x, 0), local(&knots, k));
-        (y.v, ld.v)
+        rq(x, local(&knots, k).map(|v| v.v))
     }
 
     /// x = f^-1(y) and log|dx/dy|.
@@ -167,24 +173,29 @@ impl Spline {
         let span = 2.0 * self.bound;
         // Knot positions and widths as functions of the fractions w_j (j < K): x_k = lo +
         // span sum_(j<k) w_j; W = span w_k, except for the last bin where x_K = hi.
-        let fraction_grad = |g_pos: f64, g_width: f64| -> Vec<f64> {
-            (0..k_bins)
-                .map(|j| {
-                    let from_pos = if j < k { g_pos * span } else { 0.0 };
-                    let from_width = if k + 1 < k_bins {
-                        if j == k { g_width * span } else { 0.0 }
-                    } else if j < k {
-                        -g_width * span
-                    } else {
-                        0.0
-                    };
-                    from_pos + from_width
-                })
-                .collect()
+        let fraction_grad = |g_pos: f64, g_width: f64| -> [f64; MAX_BINS] {
+            std::array::from_fn(|j| {
+                if j >= k_bins {
+                    return 0.0;
+                }
+                let from_pos = if j < k { g_pos * span } else { 0.0 };
+                let from_width = if k + 1 < k_bins {
+                    if j == k { g_width * span } else { 0.0 }
+                } else if j < k {
+                    -g_width * span
+                } else {
+                    0.0
+                };
+                from_pos + from_width
+            })
         };
         let scale = 1.0 - k_bins as f64 * MIN_BIN;
-        let through_softmax = |gf: &[f64], soft: &[f64], out: &mut [f64]| {
-            let dot: f64 = gf.iter().zip(soft).map(|(g, a)| g * a).sum();
+        let through_softmax = |gf: &[f64; MAX_BINS], soft: &[f64; MAX_BINS], out: &mut [f64]| {
+            let dot: f64 = gf[..k_bins]
+                .iter()
+                .zip(&soft[..k_bins])
+                .map(|(g, a)| g * a)
+                .sum();
             for i in 0..k_bins {
                 out[i] = scale * soft[i] * (gf[i] - dot);
             }
@@ -216,10 +227,37 @@ fn local(knots: &Knots, k: usize) -> [D; 6] {
     ]
 }
 
-/// y and log|dy/dx| of one rational-quadratic bin.
-fn rq(x: D, [xk, w, yk, h, d0, d1]: [D; 6]) -> (D, D) {
-    let one = D::constant(1.0);
-    let two = D::constant(2.0);
+/// Arithmetic that [`rq`] needs: plain f64 (forward and inverse) or dual numbers (gradient).
+trait Scalar:
+    Copy + Add<Output = Self> + Sub<Output = Self> + Mul<Output = Self> + Div<Output = Self>
+{
+    fn constant(v: f64) -> Self;
+    fn ln(self) -> Self;
+}
+
+impl Scalar for f64 {
+    fn constant(v: f64) -> Self {
+        v
+    }
+    fn ln(self) -> Self {
+        f64::ln(self)
+    }
+}
+
+impl Scalar for D {
+    fn constant(v: f64) -> Self {
+        D::constant(v)
+    }
+    fn ln(self) -> Self {
+        D::ln(self)
+    }
+}
+
+/// y and log|dy/dx| of one rational-quadratic bin with local quantities
+/// (x_k, W, y_k, H, d_k, d_(k+1)).
+fn rq<S: Scalar>(x: S, [xk, w, yk, h, d0, d1]: [S; 6]) -> (S, S) {
+    let one = S::constant(1.0);
+    let two = S::constant(2.0);
     let theta = (x - xk) / w;
     let s = h / w;
     let mixed = theta * (one - theta);

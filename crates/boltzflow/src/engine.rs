@@ -46,7 +46,9 @@ impl Architecture {
     pub fn resolve(section: &FlowSection, shape: &[usize], forward_kl: bool) -> Result<Self> {
         let burn = burn_config(section, shape);
         burn.validate().map_err(|e| anyhow!("[flow]: {e}"))?;
-        let native_capable = matches!(section.coupling, Coupling::Affine | Coupling::Spline)
+        let native_capable = (matches!(section.coupling, Coupling::Affine)
+            || matches!(section.coupling, Coupling::Spline)
+                && section.bins <= boltzflow_flow::spline::MAX_BINS)
             && matches!(section.conditioner, ConditionerKind::Conv)
             && matches!(section.mask, Mask::Checkerboard)
             && matches!(section.activation, Activation::LeakyRelu)
