@@ -337,9 +337,9 @@ pub struct Flow<B: Backend> {
 
 impl<B: Backend> Flow<B> {
     /// A flow with freshly initialised parameters (seeded by `config.seed`): every map
-    /// uniform in +-1/sqrt(fan_in) (PyTorch's default); for splines the output map starts
+    /// uniform in +-1/sqrt(fan_in) (PyTorch's default), except that the output map starts
     /// near the identity transform (weights scaled by 0.01, bias at
-    /// [`Transform::identity_params`]).
+    /// [`Transform::identity_params`]), as in the native kernels.
     pub fn new(config: &FlowConfig, device: &B::Device) -> Result<Self> {
         config.validate()?;
         let layers = plan(config);
@@ -349,10 +349,6 @@ impl<B: Backend> Flow<B> {
             .map_or(0, |m| m.bias.end);
         let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
         let mut params = vec![0f32; len];
-        let spline = matches!(
-            config.transform,
-            Transform::Spline { .. } | Transform::CircularSpline { .. }
-        );
         let identity = config.transform.identity_params();
         let taps = match config.conditioner {
             Conditioner::Conv { kernel, .. } => kernel * kernel,
@@ -362,12 +358,12 @@ impl<B: Backend> Flow<B> {
             for (i, map) in layer.maps.iter().enumerate() {
                 let last = i + 1 == layer.maps.len();
                 let bound = 1.0 / ((map.c_in * taps) as f64).sqrt();
-                let scale = if last && spline { 0.01 } else { 1.0 };
+                let scale = if last { 0.01 } else { 1.0 };
                 for w in &mut params[map.weight.clone()] {
                     *w = (scale * bound * (2.0 * rng.random::<f64>() - 1.0)) as f32;
                 }
                 for (j, b) in params[map.bias.clone()].iter_mut().enumerate() {
-                    *b = if last && spline {
+                    *b = if last {
                         identity[j % identity.len()] as f32
                     } else {
                         (bound * (2.0 * rng.random::<f64>() - 1.0)) as f32
@@ -559,12 +555,13 @@ impl<B: Backend> Flow<B> {
             return self.finish(self.net(l, x));
         }
         let [n, _] = x.dims();
-        let both = self.net(l, Tensor::cat(vec![x.clone(), -x], 0));
+        // Symmetrised after the affine tanh, as in the native kernels.
+        let both = self.finish(self.net(l, Tensor::cat(vec![x.clone(), -x], 0)));
         let [_, m, p] = both.dims();
         let plus = both.clone().slice([0..n, 0..m, 0..p]);
         let minus = both.slice([n..2 * n, 0..m, 0..p]);
         let channels = |t: Tensor<B, 3>, r: Range<usize>| t.slice([0..n, 0..m, r]);
-        let symmetrised = match self.config.transform {
+        match self.config.transform {
             // [t]: t odd.
             Transform::Additive => (plus - minus).mul_scalar(0.5),
             // [s, t]: s even, t odd.
@@ -589,8 +586,7 @@ impl<B: Backend> Flow<B> {
             Transform::CircularSpline { .. } => {
                 unreachable!("validate rejects z2 with circular splines")
             }
-        };
-        self.finish(symmetrised)
+        }
     }
 
     /// The affine transform's bounded (s, t) = tanh(raw) (the tutorial's final tanh).

@@ -381,10 +381,13 @@ fn every_flow_inverts_and_its_log_det_is_the_numerical_jacobian() {
 
 #[test]
 fn burn_affine_flow_equals_the_hand_written_kernels() {
-    burn_equals_native(
-        boltzflow_flow::flow::NativeCoupling::Affine,
-        Transform::Affine,
-    );
+    for z2 in [false, true] {
+        burn_equals_native(
+            boltzflow_flow::flow::NativeCoupling::Affine,
+            Transform::Affine,
+            z2,
+        );
+    }
 }
 
 #[test]
@@ -398,15 +401,38 @@ fn burn_spline_flow_equals_the_hand_written_kernels() {
             bins: 5,
             bound: 3.0,
         },
+        false,
+    );
+}
+
+/// Z2-equivariant spline layers: the engines symmetrise the same way (mirror image).
+#[test]
+fn burn_z2_spline_flow_equals_the_hand_written_kernels() {
+    burn_equals_native(
+        boltzflow_flow::flow::NativeCoupling::Spline {
+            bins: 4,
+            bound: 3.0,
+        },
+        Transform::Spline {
+            bins: 4,
+            bound: 3.0,
+        },
+        true,
     );
 }
 
 /// The same parameters give the same log q in both engines (f64 burn against the native
-/// kernels in f64), for configurations drawn from the native flow.
-fn burn_equals_native(coupling: boltzflow_flow::flow::NativeCoupling, transform: Transform) {
+/// kernels in f64), for configurations drawn from the native flow, with or without Z2
+/// symmetrisation.
+fn burn_equals_native(
+    coupling: boltzflow_flow::flow::NativeCoupling,
+    transform: Transform,
+    z2: bool,
+) {
     let tolerance = 1e-10;
     let mut native = boltzflow_flow::AffineFlow::<f32>::new(&boltzflow_flow::AffineFlowConfig {
         coupling,
+        z2,
         ..boltzflow_flow::AffineFlowConfig::tutorial([4, 6], 9)
     })
     .unwrap();
@@ -414,7 +440,10 @@ fn burn_equals_native(coupling: boltzflow_flow::flow::NativeCoupling, transform:
     for (i, p) in native.params_mut().iter_mut().enumerate() {
         *p += 0.2 * ((i * 7919 % 13) as f32 / 13.0 - 0.5);
     }
-    let config = FlowConfig::lattice([4, 6], 16, transform, 0);
+    let config = FlowConfig {
+        z2,
+        ..FlowConfig::lattice([4, 6], 16, transform, 0)
+    };
     let mut flow = Flow::<B64>::new(&config, &Default::default()).unwrap();
     assert_eq!(flow.param_count(), native.params().len());
     flow.set_params(native.params()).unwrap();

@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
+use plotters::coord::Shift;
+use plotters::prelude::*;
 
 use boltzflow_mcmc::{SamplerKind, build_sampler};
 use boltzflow_store::EnsembleReader;
 
 use crate::analyze::{self, Report, format_value};
-use crate::config::{CompareSection, Loaded};
+use crate::config::{Budget, CompareSection, Loaded};
 use crate::output::RunArgs;
 use crate::sample::{self, SampleArgs};
 use crate::train;
@@ -115,7 +117,8 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
     let per_lattice: Vec<CompareArgs> = compare
         .scan
         .iter()
-        .map(|lattice| {
+        .map(|entry| {
+            let lattice = entry.lattice();
             let stem = lattice
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -124,6 +127,7 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
             sub.overrides
                 .push(format!("lattice=\"{}\"", lattice.display()));
             sub.overrides.push("compare.scan=[]".into());
+            sub.overrides.extend(entry.overrides().iter().cloned());
             sub.out = Some(dir.join(stem));
             sub.quiet = true;
             sub
@@ -141,7 +145,7 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
         );
     }
     let mut singles = Vec::new();
-    for sub in &per_lattice {
+    for (sub, entry) in per_lattice.iter().zip(&compare.scan) {
         tracing::info!(
             "compare scan: {}",
             sub.out
@@ -158,6 +162,9 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
         single.lattice = format!("{stem} {shape:?}");
+        if !entry.overrides().is_empty() {
+            single.lattice += &format!(" ({})", entry.overrides().join(", "));
+        }
         singles.push(single);
     }
     let mut md = String::new();
@@ -320,12 +327,22 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
     let mut baselines = Vec::new();
     for &kind in &compare.baselines {
         let out = baseline_path(kind);
+        let mut extra = vec![format!("mcmc.sampler={}", kind.name())];
+        if compare.budget == Budget::ActionEvals {
+            let evals = flow.draws as f64;
+            let draws = budget_draws(&loaded, kind, evals, &dir, &run_args)?;
+            tracing::info!(
+                "compare: {} gets {draws} draws per chain ({evals} action evaluations in all)",
+                kind.name()
+            );
+            extra.push(format!("mcmc.draws={draws}"));
+            extra.push(format!("mcmc.block={}", draws.min(1000)));
+        }
         tracing::info!("compare: {} into {}", kind.name(), out.display());
         let start = Instant::now();
-        mcmc_run(&run_args(
-            out.clone(),
-            Some(format!("mcmc.sampler={}", kind.name())),
-        ))?;
+        let mut args = run_args(out.clone(), None);
+        args.overrides.extend(extra);
+        mcmc_run(&args)?;
         let wall = start.elapsed().as_secs_f64();
         baselines.push((kind, analyze::analyze(&out)?, wall, out));
     }
@@ -341,7 +358,7 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
     if let Some((report, _)) = &training
         && let Some(series) = &report.series
     {
-        let svg = training_svg(series);
+        let svg = training_svg(series)?;
         write(&dir.join("training.svg"), &svg)?;
         plots.push(("Training curves", "training.svg"));
     }
@@ -378,6 +395,41 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
 
 fn mcmc_run(args: &RunArgs) -> Result<PathBuf> {
     crate::mcmc::run(args)
+}
+
+/// Draws per chain that give baseline `kind` about `evals` action evaluations in all chains
+/// after thermalisation (at least 50 per chain): a pilot of 200 draws per chain (its file is
+/// removed) measures the sampler's evaluations per draw.
+fn budget_draws(
+    loaded: &Loaded,
+    kind: SamplerKind,
+    evals: f64,
+    dir: &Path,
+    run_args: &dyn Fn(PathBuf, Option<String>) -> RunArgs,
+) -> Result<usize> {
+    const PILOT: usize = 200;
+    let chains = loaded.config.mcmc.as_ref().map_or(1, |m| m.chains.max(1));
+    let pilot = dir.join(format!("{}_pilot.h5", kind.name()));
+    let mut args = run_args(pilot.clone(), None);
+    args.overrides.extend([
+        format!("mcmc.sampler={}", kind.name()),
+        format!("mcmc.draws={PILOT}"),
+        format!("mcmc.block={PILOT}"),
+        "mcmc.store_configs=false".into(),
+    ]);
+    args.quiet = true;
+    args.force = true;
+    mcmc_run(&args)?;
+    let per_draw = analyze::analyze(&pilot)?.action_evals_per_draw;
+    let _ = std::fs::remove_file(&pilot);
+    if !(per_draw.is_finite() && per_draw > 0.0) {
+        bail!(
+            "compare.budget = \"action_evals\": the {} pilot reported {per_draw} action evaluations per draw; use compare.budget = \"config\"",
+            kind.name()
+        );
+    }
+    // At least 50 draws per chain, so that the Gamma method has something to work with.
+    Ok(((evals / (chains as f64 * per_draw)).ceil() as usize).max(50))
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {
@@ -493,6 +545,18 @@ fn report_markdown(
          evaluations per draw x 2 tau_int; for reweighted samples N / (2 tau_int) is replaced by \
          ESS = (ESS/N) N. Wall times of MCMC runs include thermalisation; the flow's exclude \
          training (listed separately).\n"
+    );
+    let budget = loaded.config.compare.as_ref().map(|c| c.budget);
+    let _ = writeln!(
+        s,
+        "Budget: {}\n",
+        if budget == Some(Budget::ActionEvals) {
+            "equal action evaluations: each baseline ran as many action evaluations after \
+             thermalisation (all chains) as the flow's proposals cost (one each)."
+        } else {
+            "the config's `[mcmc] draws` per baseline, `sample.samples` for the flow \
+             (compare.budget = \"config\")."
+        }
     );
     for (name, rows) in tables {
         let first = rows.iter().find(|r| r.method == reference);
@@ -648,23 +712,30 @@ fn print_summary(tables: &[(String, Vec<Row>)], baselines: &[(SamplerKind, Repor
     }
 }
 
-// ---- SVG ----------------------------------------------------------------------------------
+// ---- plots (plotters, SVG) ----------------------------------------------------------------
 
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
 ];
 
-/// A curve: label, colour and finite (x, y) points.
+/// A curve: label, colour and (x, y) points (non-finite points are skipped).
 struct Curve {
     label: String,
-    color: &'static str,
+    color: RGBColor,
     points: Vec<(f64, f64)>,
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+/// One panel of a figure: title, axis labels and its curves.
+struct Panel {
+    title: String,
+    xlabel: String,
+    ylabel: String,
+    curves: Vec<Curve>,
 }
 
 /// (lo, hi) of the values, widened when degenerate.
@@ -683,153 +754,127 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo, hi)
 }
 
-fn tick(x: f64) -> String {
-    if x == 0.0 || (1e-2..1e4).contains(&x.abs()) {
-        format!("{x:.3}")
+/// Axis tick label: integers as such, 3 decimals (trailing zeros dropped) in [0.01, 1e4),
+/// scientific otherwise.
+fn tick(x: &f64) -> String {
+    let x = *x;
+    if x.fract() == 0.0 && x.abs() < 1e7 {
+        format!("{x:.0}")
+    } else if (1e-2..1e4).contains(&x.abs()) {
+        let s = format!("{x:.3}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
         format!("{x:.2e}")
     }
 }
 
-/// A panel at offset (x0, y0) of size w x h with axes, 5 ticks per axis, labels and a legend.
-fn panel(
-    svg: &mut String,
-    (x0, y0, w, h): (f64, f64, f64, f64),
-    title: &str,
-    xlabel: &str,
-    ylabel: &str,
-    curves: &[Curve],
-) {
-    let (ml, mr, mt, mb) = (70.0, 15.0, 30.0, 45.0);
-    let (pw, ph) = (w - ml - mr, h - mt - mb);
-    let (xl, xh) = range(curves.iter().flat_map(|c| c.points.iter().map(|p| p.0)));
-    let (yl, yh) = range(curves.iter().flat_map(|c| c.points.iter().map(|p| p.1)));
-    let px = |x: f64| x0 + ml + (x - xl) / (xh - xl) * pw;
-    let py = |y: f64| y0 + mt + ph - (y - yl) / (yh - yl) * ph;
-    let _ = writeln!(
-        svg,
-        r#"<rect x="{:.1}" y="{:.1}" width="{pw:.1}" height="{ph:.1}" fill="none" stroke="black"/>"#,
-        x0 + ml,
-        y0 + mt
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="14">{}</text>"#,
-        x0 + ml + pw / 2.0,
-        y0 + 20.0,
-        escape(title)
-    );
-    for i in 0..=4 {
-        let f = i as f64 / 4.0;
-        let (x, y) = (xl + f * (xh - xl), yl + f * (yh - yl));
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="11">{}</text>"#,
-            px(x),
-            y0 + mt + ph + 15.0,
-            tick(x)
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" text-anchor="end" font-size="11">{}</text>"#,
-            x0 + ml - 4.0,
-            py(y) + 4.0,
-            tick(y)
-        );
+/// The panels side by side, each `width` x `height` pixels, as an SVG document.
+fn figure(panels: &[Panel], width: u32, height: u32) -> Result<String> {
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (width * panels.len() as u32, height))
+            .into_drawing_area();
+        root.fill(&WHITE).map_err(plot_error)?;
+        for (area, panel) in root.split_evenly((1, panels.len())).iter().zip(panels) {
+            draw_panel(area, panel)?;
+        }
+        root.present().map_err(plot_error)?;
     }
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12">{}</text>"#,
-        x0 + ml + pw / 2.0,
-        y0 + h - 8.0,
-        escape(xlabel)
-    );
-    let _ = writeln!(
-        svg,
-        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12" transform="rotate(-90 {:.1} {:.1})">{}</text>"#,
-        x0 + 14.0,
-        y0 + mt + ph / 2.0,
-        x0 + 14.0,
-        y0 + mt + ph / 2.0,
-        escape(ylabel)
-    );
-    for (i, c) in curves.iter().enumerate() {
-        let points: Vec<String> = c
-            .points
+    Ok(svg)
+}
+
+fn plot_error<E: std::fmt::Display>(e: E) -> anyhow::Error {
+    anyhow!("cannot draw a plot: {e}")
+}
+
+fn draw_panel(area: &DrawingArea<SVGBackend, Shift>, panel: &Panel) -> Result<()> {
+    let finite = |c: &Curve| {
+        c.points
             .iter()
+            .copied()
             .filter(|p| p.0.is_finite() && p.1.is_finite())
-            .map(|&(x, y)| format!("{:.2},{:.2}", px(x), py(y)))
-            .collect();
-        let _ = writeln!(
-            svg,
-            r#"<polyline fill="none" stroke="{}" stroke-width="1.5" points="{}"/>"#,
-            c.color,
-            points.join(" ")
-        );
-        let ly = y0 + mt + 14.0 + 15.0 * i as f64;
-        let lx = x0 + ml + pw - 130.0;
-        let _ = writeln!(
-            svg,
-            r#"<rect x="{lx:.1}" y="{:.1}" width="14" height="4" fill="{}"/>"#,
-            ly - 5.0,
-            c.color
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{ly:.1}" font-size="11">{}</text>"#,
-            lx + 18.0,
-            escape(&c.label)
-        );
+            .collect::<Vec<_>>()
+    };
+    let (xl, xh) = range(
+        panel
+            .curves
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.0)),
+    );
+    let (yl, yh) = range(
+        panel
+            .curves
+            .iter()
+            .flat_map(|c| c.points.iter().map(|p| p.1)),
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(&panel.title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(xl..xh, yl..yh)
+        .map_err(plot_error)?;
+    chart
+        .configure_mesh()
+        .x_desc(panel.xlabel.as_str())
+        .y_desc(panel.ylabel.as_str())
+        .x_labels(6)
+        .y_labels(6)
+        .x_label_formatter(&tick)
+        .y_label_formatter(&tick)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(plot_error)?;
+    for curve in &panel.curves {
+        let color = curve.color;
+        chart
+            .draw_series(LineSeries::new(finite(curve), color.stroke_width(2)))
+            .map_err(plot_error)?
+            .label(curve.label.as_str())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
     }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(plot_error)?;
+    Ok(())
 }
 
-fn svg_document(width: f64, height: f64, body: &str) -> String {
-    format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
-         viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n{body}</svg>\n"
-    )
-}
-
-/// Loss and ESS/N against the training step, side by side.
-fn training_svg(series: &BTreeMap<String, Vec<f64>>) -> String {
+/// Loss, ESS/N and MH acceptance against the training step, side by side.
+fn training_svg(series: &BTreeMap<String, Vec<f64>>) -> Result<String> {
     let empty = Vec::new();
     let step = series.get("step").unwrap_or(&empty);
-    let curve = |name: &str, label: &str, color| Curve {
-        label: label.into(),
-        color,
-        points: step
-            .iter()
-            .zip(series.get(name).unwrap_or(&empty))
-            .map(|(&x, &y)| (x, y))
-            .collect(),
+    let panel = |name: &str, title: &str, label: &str, color| Panel {
+        title: title.into(),
+        xlabel: "step".into(),
+        ylabel: label.into(),
+        curves: vec![Curve {
+            label: label.into(),
+            color,
+            points: step
+                .iter()
+                .zip(series.get(name).unwrap_or(&empty))
+                .map(|(&x, &y)| (x, y))
+                .collect(),
+        }],
     };
-    let mut body = String::new();
-    panel(
-        &mut body,
-        (0.0, 0.0, 480.0, 340.0),
-        "reverse-KL loss",
-        "step",
-        "loss",
-        &[curve("loss", "loss", COLORS[0])],
-    );
-    panel(
-        &mut body,
-        (480.0, 0.0, 480.0, 340.0),
-        "ESS/N",
-        "step",
-        "ESS/N",
-        &[curve("ess", "ESS/N", COLORS[1])],
-    );
-    panel(
-        &mut body,
-        (960.0, 0.0, 480.0, 340.0),
-        "independence-MH acceptance",
-        "step",
-        "acceptance",
-        &[curve("acceptance", "acceptance", COLORS[2])],
-    );
-    svg_document(1440.0, 340.0, &body)
+    figure(
+        &[
+            panel("loss", "reverse-KL loss", "loss", COLORS[0]),
+            panel("ess", "ESS/N", "ESS/N", COLORS[1]),
+            panel(
+                "acceptance",
+                "independence-MH acceptance",
+                "acceptance",
+                COLORS[2],
+            ),
+        ],
+        480,
+        340,
+    )
 }
 
 /// Lags shown in the autocorrelation plot.
@@ -849,8 +894,7 @@ fn autocorrelation_svg(
         return Ok(None);
     }
     let index = reader.series("mh_index")?.swap_remove(0);
-    let mut body = String::new();
-    let mut panels = 0;
+    let mut panels = Vec::new();
     for name in observables.iter().filter(|n| names.contains(n)) {
         let chain = if names.contains(&format!("chain_{name}")) {
             reader.series(&format!("chain_{name}"))?.swap_remove(0)
@@ -881,17 +925,17 @@ fn autocorrelation_svg(
                 }
             })
             .collect();
-        panel(
-            &mut body,
-            (panels as f64 * 560.0, 0.0, 560.0, 400.0),
-            &format!("autocorrelation of {name}"),
-            "lag t (draws)",
-            "rho(t)",
-            &curves,
-        );
-        panels += 1;
+        panels.push(Panel {
+            title: format!("autocorrelation of {name}"),
+            xlabel: "lag t (draws)".into(),
+            ylabel: "rho(t)".into(),
+            curves,
+        });
     }
-    Ok((panels > 0).then(|| svg_document(560.0 * panels as f64, 400.0, &body)))
+    if panels.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(figure(&panels, 560, 400)?))
 }
 
 /// Normalised densities of `values` with `weights` over `bins` bins on [lo, hi], as the
@@ -984,21 +1028,30 @@ fn histogram_svg(
             points: density(values, weights.as_deref(), lo, hi, 40),
         })
         .collect();
-    let mut body = String::new();
-    panel(
-        &mut body,
-        (0.0, 0.0, 640.0, 420.0),
-        "histogram of |M|/V",
-        "|M|/V",
-        "density",
-        &curves,
-    );
-    Ok(Some(svg_document(640.0, 420.0, &body)))
+    let panel = Panel {
+        title: "histogram of |M|/V".into(),
+        xlabel: "|M|/V".into(),
+        ylabel: "density".into(),
+        curves,
+    };
+    Ok(Some(figure(&[panel], 640, 420)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tick_labels_are_short() {
+        let labels: Vec<String> = [0.0, 50.0, 2000.0, 0.25, 0.125, 1.5e-4, -3.0]
+            .iter()
+            .map(tick)
+            .collect();
+        assert_eq!(
+            labels,
+            ["0", "50", "2000", "0.25", "0.125", "1.50e-4", "-3"]
+        );
+    }
 
     #[test]
     fn weights_are_normalised_and_density_integrates_to_one() {

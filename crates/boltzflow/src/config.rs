@@ -73,8 +73,60 @@ pub struct CompareSection {
     /// Lattice files (relative to the config) to scan: the whole comparison runs once per
     /// lattice into `DIR/<lattice name>/`, and `DIR/report.md` tabulates tau_int and the cost
     /// per independent sample against the lattice (default: none, the config's lattice only).
+    /// An entry is a path, or `{ lattice = "path", set = ["train.steps=12000", ...] }` with
+    /// `--set` overrides for that lattice alone (e.g. a larger training budget on larger L).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scan: Vec<PathBuf>,
+    pub scan: Vec<ScanEntry>,
+    /// How long each baseline runs: `"config"` (default: `[mcmc] draws` as written) or
+    /// `"action_evals"` (as many action evaluations after thermalisation as the flow's
+    /// `sample.samples` proposals cost, one each; a short pilot run measures each sampler's
+    /// evaluations per draw).
+    #[serde(default)]
+    pub budget: Budget,
+}
+
+/// The budget of the MCMC baselines in `boltzflow compare`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// `[mcmc] draws` as configured.
+    #[default]
+    Config,
+    /// The flow's action evaluations (one per proposal).
+    ActionEvals,
+}
+
+/// One lattice of `compare.scan`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum ScanEntry {
+    /// A lattice file.
+    Lattice(PathBuf),
+    /// A lattice file with overrides of the config for this lattice.
+    WithOverrides {
+        /// The lattice file.
+        lattice: PathBuf,
+        /// `--set KEY=VALUE` overrides applied for this lattice only.
+        #[serde(default)]
+        set: Vec<String>,
+    },
+}
+
+impl ScanEntry {
+    /// The lattice file.
+    pub fn lattice(&self) -> &Path {
+        match self {
+            Self::Lattice(path) | Self::WithOverrides { lattice: path, .. } => path,
+        }
+    }
+
+    /// The overrides for this lattice (none for a bare path).
+    pub fn overrides(&self) -> &[String] {
+        match self {
+            Self::Lattice(_) => &[],
+            Self::WithOverrides { set, .. } => set,
+        }
+    }
 }
 
 fn default_layers() -> usize {
@@ -435,6 +487,11 @@ pub struct SampleSection {
     /// Local updates after each flow proposal (default 1).
     #[serde(default = "default_one")]
     pub local_steps: usize,
+    /// Propose from the Z2-symmetrised flow q_s(x) = [q(x) + q(-x)] / 2 (for targets with
+    /// S(-x) = S(x), e.g. phi^4): each draw's sign is flipped with probability 1/2 and log q_s
+    /// costs one extra inverse pass. Default false.
+    #[serde(default)]
+    pub z2_mixture: bool,
 }
 
 impl SampleSection {

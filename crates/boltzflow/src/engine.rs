@@ -52,12 +52,11 @@ impl Architecture {
             && matches!(section.conditioner, ConditionerKind::Conv)
             && matches!(section.mask, Mask::Checkerboard)
             && matches!(section.activation, Activation::LeakyRelu)
-            && !section.z2
             && shape.len() == 2
             && section.device == Device::Cpu;
         match section.engine {
             Engine::Native if !native_capable => bail!(
-                "flow.engine = \"native\" runs only affine or spline couplings with leaky_relu conv conditioners, checkerboard masks and no z2 on 2D lattices on the CPU; set flow.engine = \"burn\" (or \"auto\")"
+                "flow.engine = \"native\" runs only affine or spline couplings with leaky_relu conv conditioners, checkerboard masks on 2D lattices on the CPU; set flow.engine = \"burn\" (or \"auto\")"
             ),
             Engine::Native if forward_kl => bail!(
                 "flow.engine = \"native\" trains by reverse KL only; set flow.engine = \"burn\" (or \"auto\") for train.objective = \"forward\" or \"mix\""
@@ -74,8 +73,12 @@ impl Architecture {
     pub fn summary(&self) -> String {
         match self {
             Self::Native(c) => format!(
-                "native {:?} flow, {} layers, conv hidden {:?}, kernel {}",
-                c.coupling, c.layers, c.hidden, c.kernel
+                "native {:?} flow, {} layers, conv hidden {:?}, kernel {}{}",
+                c.coupling,
+                c.layers,
+                c.hidden,
+                c.kernel,
+                if c.z2 { ", Z2-equivariant" } else { "" }
             ),
             Self::Burn(c) => format!(
                 "burn flow, {} layers, {:?}, {:?}{}",
@@ -136,6 +139,7 @@ fn native_config(section: &FlowSection, shape: &[usize]) -> AffineFlowConfig {
             },
             _ => NativeCoupling::Affine,
         },
+        z2: section.z2,
     }
 }
 

@@ -107,6 +107,10 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
         .map_or(crate::engine::Device::Cpu, |f| f.device);
     let flow = model.build_flow(device)?;
     let target = loaded.lattice.target.build()?;
+    let proposer = Proposer {
+        flow: flow.as_ref(),
+        z2: sample.z2_mixture,
+    };
     let observables: Vec<_> = target
         .observables()
         .into_iter()
@@ -209,10 +213,13 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
     let dim = target.dim();
     while done < sample.samples {
         let n = sample.batch.min(sample.samples - done);
-        let (x, log_q) = flow.sample(n, &mut generators.flow);
+        let (x, log_q) = proposer.sample(n, &mut generators.flow)?;
         let x: Vec<f64> = x.iter().map(|&p| f64::from(p)).collect();
         let mut action = vec![0.0; n];
         target.action_batch(&x, &mut action);
+        if proposer.z2 && done == first {
+            check_z2_symmetric(target.as_ref(), &x[..dim], action[0])?;
+        }
         let log_w: Vec<f64> = action.iter().zip(&log_q).map(|(s, lq)| -s - lq).collect();
         let mut block_series = vec![("log_q".to_string(), log_q), ("action".to_string(), action)];
         for o in &observables {
@@ -230,7 +237,7 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
                 },
                 (&mut chain, &mut current_x),
                 (sampler.as_mut(), steps),
-                (flow.as_ref(), target.as_ref(), &observables),
+                (&proposer, target.as_ref(), &observables),
                 &mut generators,
             )?;
             block_series.push(("mh_accepted".to_string(), accepted));
@@ -313,8 +320,8 @@ fn interleaved(
     proposals: Proposals,
     (chain, current): (&mut ChainState, &mut Vec<f64>),
     (sampler, steps): (&mut dyn boltzflow_mcmc::Sampler, usize),
-    (flow, target, observables): (
-        &dyn boltzflow_flow::FlowModel,
+    (proposer, target, observables): (
+        &Proposer,
         &dyn boltzflow_targets::Target,
         &[Box<dyn boltzflow_targets::Observable>],
     ),
@@ -346,7 +353,7 @@ fn interleaved(
             sampler.step(current, &mut generators.local);
         }
         let x32: Vec<f32> = current.iter().map(|&v| v as f32).collect();
-        let log_q = flow
+        let log_q = proposer
             .log_prob(&x32)
             .map_err(|e| anyhow!("log q of the chain state: {e}"))?[0];
         chain.log_w_bits = (-target.action(current) - log_q).to_bits();
@@ -357,6 +364,74 @@ fn interleaved(
         }
     }
     Ok((accepted, index, on_chain))
+}
+
+/// The proposal density of a sampling run: the flow q, or with `z2` its Z2-symmetrised
+/// mixture q_s(x) = [q(x) + q(-x)] / 2 (draw x ~ q, flip its sign with probability 1/2;
+/// log q_s by one extra inverse pass on -x). For a Z2-symmetric target q_s is never further
+/// from p than q and removes any imbalance between the +M and -M modes.
+struct Proposer<'a> {
+    flow: &'a dyn boltzflow_flow::FlowModel,
+    z2: bool,
+}
+
+impl Proposer<'_> {
+    /// `n` draws x ~ q (or q_s) with their log density; the sign coins come from `rng`
+    /// after the flow's noise.
+    fn sample(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> Result<(Vec<f32>, Vec<f64>)> {
+        let (mut x, mut log_q) = self.flow.sample(n, rng);
+        if self.z2 {
+            log_q = self.symmetrised(&x, &log_q)?;
+            let dim = self.flow.dim();
+            for config in x.chunks_exact_mut(dim) {
+                if rng.random::<bool>() {
+                    config.iter_mut().for_each(|v| *v = -*v);
+                }
+            }
+        }
+        Ok((x, log_q))
+    }
+
+    /// log q(x) (or log q_s(x)) of configurations `x` `[n, dim]`.
+    fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>> {
+        let log_q = self.flow.log_prob(x)?;
+        if self.z2 {
+            self.symmetrised(x, &log_q)
+        } else {
+            Ok(log_q)
+        }
+    }
+
+    /// log q_s(x) = ln([q(x) + q(-x)] / 2) from log q(x).
+    fn symmetrised(&self, x: &[f32], log_q: &[f64]) -> Result<Vec<f64>> {
+        let minus: Vec<f32> = x.iter().map(|v| -v).collect();
+        let log_q_minus = self.flow.log_prob(&minus)?;
+        Ok(log_q
+            .iter()
+            .zip(&log_q_minus)
+            .map(|(&a, &b)| {
+                let m = a.max(b);
+                m + (0.5 * ((a - m).exp() + (b - m).exp())).ln()
+            })
+            .collect())
+    }
+}
+
+/// Checks S(-x) = S(x) on one configuration: the Z2 mixture proposal needs a symmetric target.
+fn check_z2_symmetric(
+    target: &dyn boltzflow_targets::Target,
+    x: &[f64],
+    action: f64,
+) -> Result<()> {
+    let minus: Vec<f64> = x.iter().map(|v| -v).collect();
+    let flipped = target.action(&minus);
+    if (flipped - action).abs() > 1e-9 * (1.0 + action.abs()) {
+        bail!(
+            "sample.z2_mixture = true but target `{}` is not Z2-symmetric (S(-x) = {flipped} != S(x) = {action}); set sample.z2_mixture = false",
+            target.theory()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the independence Metropolis chain over proposals with log weights `log_w`, the first
@@ -390,6 +465,27 @@ fn metropolis(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Z2 mixture is refused for a target without x -> -x symmetry (the double well's
+    /// linear term) and accepted for phi^4.
+    #[test]
+    fn z2_mixture_needs_a_symmetric_target() {
+        let lattices = concat!(env!("CARGO_MANIFEST_DIR"), "/../../lattices/");
+        let target = |name: &str| {
+            let text = std::fs::read_to_string(format!("{lattices}{name}")).unwrap();
+            LatticeFile::parse(&text).unwrap().target.build().unwrap()
+        };
+        let well = target("double_well.toml");
+        let x = vec![0.7; well.dim()];
+        let err = check_z2_symmetric(well.as_ref(), &x, well.action(&x)).unwrap_err();
+        assert!(
+            err.to_string().contains("sample.z2_mixture = false"),
+            "{err}"
+        );
+        let phi4 = target("phi4_L8.toml");
+        let x: Vec<f64> = (0..phi4.dim()).map(|i| (i as f64 * 0.37).sin()).collect();
+        check_z2_symmetric(phi4.as_ref(), &x, phi4.action(&x)).unwrap();
+    }
 
     /// Equal weights accept every proposal; a proposal of weight w_c e^-30 after the first is
     /// (almost surely) rejected, and the index keeps pointing at the current state.

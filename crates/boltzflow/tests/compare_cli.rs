@@ -117,3 +117,97 @@ fn baselines_without_mcmc_section_fail_with_one_line_and_write_nothing() {
     );
     assert!(!out.exists(), "compare wrote {}", out.display());
 }
+
+/// `compare.scan` runs the comparison once per lattice, with per-lattice `set` overrides
+/// (here a shorter training and the Z2-mixture proposal on the second lattice), and writes a
+/// summary report with a row per lattice and method.
+#[test]
+fn scan_runs_every_lattice_with_its_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("free6.toml"),
+        FREE_L4.replace("[4, 4]", "[6, 6]"),
+    )
+    .unwrap();
+    let scan = "scan = [\"lattice.toml\", { lattice = \"free6.toml\", set = [\"train.steps=20\", \"sample.z2_mixture=true\"] }]\n";
+    let config = write_config(dir.path(), &format!("{FLOW}{scan}{MCMC}"));
+    let out = dir.path().join("scan");
+    let o = run(&[
+        "compare",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        o.status.success(),
+        "compare scan failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("lattice [4, 4]"), "{report}");
+    assert!(
+        report.contains("free6 [6, 6] (train.steps=20, sample.z2_mixture=true)"),
+        "{report}"
+    );
+    // Per observable: 2 lattices x (flow-MH, reweighted, hmc, metropolis).
+    assert_eq!(report.matches("| flow-MH |").count(), 4, "{report}");
+    let steps = |sub: &str| {
+        let o = run(&[
+            "analyze",
+            out.join(sub).join("flow/train.h5").to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v["training"]["steps"].as_f64().unwrap()
+    };
+    assert_eq!(steps("lattice"), 50.0);
+    assert_eq!(steps("free6"), 20.0);
+}
+
+/// `compare.budget = "action_evals"`: each baseline runs about as many action evaluations
+/// (all chains, after thermalisation) as the flow's 2048 proposals, and the report says so.
+#[test]
+fn equal_action_evaluation_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("{}budget = \"action_evals\"\n{MCMC}", FLOW),
+    );
+    let out = dir.path().join("budget");
+    let o = run(&[
+        "compare",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        o.status.success(),
+        "compare failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Budget: equal action evaluations"),
+        "{report}"
+    );
+    for baseline in ["hmc", "metropolis"] {
+        let o = run(&[
+            "analyze",
+            out.join(format!("{baseline}.h5")).to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let total = v["chains"].as_f64().unwrap()
+            * v["draws"].as_f64().unwrap()
+            * v["action_evals_per_draw"].as_f64().unwrap();
+        assert!(
+            (0.9 * 2048.0..1.2 * 2048.0 + 400.0).contains(&total),
+            "{baseline}: {total} action evaluations for a budget of 2048"
+        );
+        assert!(!out.join(format!("{baseline}_pilot.h5")).exists());
+    }
+}

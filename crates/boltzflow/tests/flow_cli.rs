@@ -217,6 +217,30 @@ fn sampled_free_field_matches_exact_values() {
     assert!(acceptance > 0.0 && acceptance < 1.0, "{acceptance}");
     assert!(r["mh"]["longest_rejection_run"].as_u64().unwrap() >= 1);
 
+    // The Z2-symmetrised proposal q_s(x) = [q(x) + q(-x)] / 2: unbiased, and its ESS is
+    // never below the flow's in expectation (1/q is convex and p is even).
+    let sym = dir.path().join("z2.h5");
+    assert_success(&sample(
+        &sym,
+        &[
+            "--set",
+            "sample.z2_mixture=true",
+            "--set",
+            "sample.store_configs=false",
+        ],
+    ));
+    let z = analyze(&sym);
+    within(&z["ln_z"], "Z2 mixture ln_z");
+    for name in ["g_0", "chi2"] {
+        within(
+            &z["reweighted"][name],
+            &format!("Z2 mixture reweighted {name}"),
+        );
+        within(&z["observables"][name], &format!("Z2 mixture MH {name}"));
+    }
+    let ess_sym = z["ess"].as_f64().unwrap();
+    assert!(ess_sym > 0.9 * ess, "Z2 mixture ESS/N {ess_sym} vs {ess}");
+
     let half = dir.path().join("half.h5");
     assert_success(&sample(
         &half,
@@ -386,7 +410,10 @@ fn bad_flow_input_gives_one_line_and_writes_nothing() {
         ("flow.coupling=\"spline\" flow.bins=1", "flow.bins"),
         ("flow.coupling=\"spline\" flow.bound=0.0", "flow.bound"),
         ("flow.device=\"cuda\" flow.engine=\"burn\"", "cuda"),
-        ("flow.engine=\"native\" flow.z2=true", "flow.engine"),
+        (
+            "flow.engine=\"native\" flow.mask=\"alternating\"",
+            "flow.engine",
+        ),
         ("train.objective=\"forward\"", "train.ensemble"),
         (
             "train.objective=\"forward\" train.ensemble=\"missing.h5\"",
