@@ -807,6 +807,8 @@ fn draw_panel(area: &DrawingArea<SVGBackend, Shift>, panel: &Panel) -> Result<()
             .iter()
             .flat_map(|c| c.points.iter().map(|p| p.1)),
     );
+    let pad = 0.05 * (yh - yl);
+    let (yl, yh) = (yl - pad, yh + pad);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 16))
         .margin(12)
@@ -832,6 +834,9 @@ fn draw_panel(area: &DrawingArea<SVGBackend, Shift>, panel: &Panel) -> Result<()
             .map_err(plot_error)?
             .label(curve.label.as_str())
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
+    }
+    if panel.curves.len() < 2 {
+        return Ok(());
     }
     chart
         .configure_series_labels()
