@@ -137,5 +137,44 @@ fn sampling(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, training, sampling, native_spline, burn_engine);
+/// The tutorial model with Z2-equivariant layers (the conditioner runs on m and -m), and the
+/// extra cost of sampling the Z2 mixture [q(x) + q(-x)] / 2: log q of the mirrored draws.
+fn native_z2(c: &mut Criterion) {
+    let target = target();
+    let config = AffineFlowConfig {
+        z2: true,
+        ..AffineFlowConfig::tutorial([8, 8], 1)
+    };
+    let flow = AffineFlow::<f32>::new(&config).expect("flow");
+    let mut trainer = Trainer::new(flow, AdamConfig::default()).expect("trainer");
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+    let mut g = c.benchmark_group("flow_native_z2");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("reverse_kl_step_z2_L8_b64", |b| {
+        b.iter(|| {
+            black_box(
+                trainer
+                    .reverse_kl_step(&target, BATCH, &mut rng)
+                    .expect("step"),
+            )
+        })
+    });
+    let plain = AffineFlow::<f32>::new(&AffineFlowConfig::tutorial([8, 8], 1)).expect("flow");
+    let (x, _) = plain.sample(BATCH, &mut rng);
+    let minus: Vec<f32> = x.iter().map(|v| -v).collect();
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("log_q_of_mirrored_draws_L8_b64", |b| {
+        b.iter(|| black_box(plain.log_prob(&minus).expect("log q")))
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    training,
+    sampling,
+    native_spline,
+    native_z2,
+    burn_engine
+);
 criterion_main!(benches);
