@@ -21,6 +21,9 @@
 //! acceptance test, and its observables are stored as `chain_<name>` series, which `analyze`
 //! uses for the chain instead of `mh_index`.
 //!
+//! With `sample.z2_mixture` the proposals come from the Z2-symmetrised flow q_s(x) =
+//! [q(x) + q(-x)] / 2 (see [`Proposer`]) and `log_q` holds log q_s.
+//!
 //! The file has kind "sample", one chain, configurations optional (`sample.store_configs`).
 //! Each batch is one commit; the checkpoint holds `x` = the chain's current configuration,
 //! `rng` = the flow's and the uniforms' generators, `sampler` = the chain's state (index of
