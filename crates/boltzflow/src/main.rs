@@ -40,8 +40,8 @@ struct Cli {
 enum Command {
     /// Run Markov chains of an MCMC baseline ([mcmc]) and write an HDF5 ensemble.
     Mcmc(RunArgs),
-    /// Train an affine coupling flow by reverse KL ([flow], [train]); writes DIR/model.json and
-    /// DIR/train.h5.
+    /// Train a coupling flow by reverse KL, forward KL or a mix ([flow], [train]); writes
+    /// DIR/model.json and DIR/train.h5.
     Train(RunArgs),
     /// Draw samples from a trained flow ([sample]) with importance weights and an independence
     /// Metropolis-Hastings chain; writes an HDF5 ensemble.
