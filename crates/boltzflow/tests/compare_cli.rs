@@ -23,6 +23,30 @@ const FLOW: &str = "[flow]\nlayers = 2\nhidden = [8, 8]\nseed = 1\n\n\
 const MCMC: &str = "\n[mcmc]\nsampler = \"hmc\"\nchains = 2\nseed = 4\nthermalization = 100\n\
 draws = 500\nblock = 250\n";
 
+/// Runs `compare CONFIG --out OUT --quiet`, asserts success and returns the report text.
+fn compare_ok(config: &Path, out: &Path) -> String {
+    let o = run(&[
+        "compare",
+        config.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(
+        o.status.success(),
+        "compare failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read_to_string(out.join("report.md")).unwrap()
+}
+
+/// `analyze FILE --json`.
+fn analyze_json(file: &Path) -> serde_json::Value {
+    let o = run(&["analyze", file.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    serde_json::from_slice(&o.stdout).unwrap()
+}
+
 fn write_config(dir: &Path, recipe: &str) -> PathBuf {
     std::fs::write(dir.join("lattice.toml"), FREE_L4).unwrap();
     let config = dir.join("run.toml");
@@ -132,19 +156,7 @@ fn scan_runs_every_lattice_with_its_overrides() {
     let scan = "scan = [\"lattice.toml\", { lattice = \"free6.toml\", set = [\"train.steps=20\", \"sample.z2_mixture=true\"] }]\n";
     let config = write_config(dir.path(), &format!("{FLOW}{scan}{MCMC}"));
     let out = dir.path().join("scan");
-    let o = run(&[
-        "compare",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(
-        o.status.success(),
-        "compare scan failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let report = compare_ok(&config, &out);
     assert!(report.contains("lattice [4, 4]"), "{report}");
     assert!(
         report.contains("free6 [6, 6] (train.steps=20, sample.z2_mixture=true)"),
@@ -153,14 +165,9 @@ fn scan_runs_every_lattice_with_its_overrides() {
     // Per observable: 2 lattices x (flow-MH, reweighted, hmc, metropolis).
     assert_eq!(report.matches("| flow-MH |").count(), 4, "{report}");
     let steps = |sub: &str| {
-        let o = run(&[
-            "analyze",
-            out.join(sub).join("flow/train.h5").to_str().unwrap(),
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        v["training"]["steps"].as_f64().unwrap()
+        analyze_json(&out.join(sub).join("flow/train.h5"))["training"]["steps"]
+            .as_f64()
+            .unwrap()
     };
     assert_eq!(steps("lattice"), 50.0);
     assert_eq!(steps("free6"), 20.0);
@@ -176,31 +183,13 @@ fn equal_action_evaluation_budget() {
         &format!("{}budget = \"action_evals\"\n{MCMC}", FLOW),
     );
     let out = dir.path().join("budget");
-    let o = run(&[
-        "compare",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(
-        o.status.success(),
-        "compare failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let report = compare_ok(&config, &out);
     assert!(
         report.contains("Budget: equal action evaluations"),
         "{report}"
     );
     for baseline in ["hmc", "metropolis"] {
-        let o = run(&[
-            "analyze",
-            out.join(format!("{baseline}.h5")).to_str().unwrap(),
-            "--json",
-        ]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let v = analyze_json(&out.join(format!("{baseline}.h5")));
         let total = v["chains"].as_f64().unwrap()
             * v["draws"].as_f64().unwrap()
             * v["action_evals_per_draw"].as_f64().unwrap();
