@@ -48,7 +48,7 @@ use crate::{FlowError, Result};
 
 /// Scale of the output conv's initial weights (PyTorch's uniform init times this): every
 /// layer starts close to the identity. On the tutorial point this raised the 5000-step MH
-/// acceptance from 0.26-0.52 (4 seeds, PyTorch's init) to 0.49-0.55 (see the README).
+/// acceptance from 0.26-0.52 over seeds (PyTorch's init) to 0.50-0.56 (see the README).
 pub const NEAR_IDENTITY: f64 = 0.01;
 
 /// Samples per workspace chunk (the unit of parallelism and of the gradient reduction).
@@ -996,7 +996,6 @@ mod tests {
         out
     }
 
-    /// log|det A| of a dense n x n matrix by LU with partial pivoting.
     /// log|det| of a row-major n x n matrix (nalgebra's LU).
     fn log_abs_det(a: Vec<f64>, n: usize) -> f64 {
         nalgebra::DMatrix::from_row_slice(n, n, &a)
@@ -1102,13 +1101,14 @@ mod tests {
         let z = flow.draw_prior(3, &mut rng(4));
         let (_, log_det) = flow.forward(&z).unwrap();
         // Affine: absolute 1e-7; splines (larger curvature, so a larger central-difference
-        // truncation error at h = 1e-5): 1e-7 relative to 1 + |log-det|.
-        let scale = if coupling.is_affine() {
-            1.0
-        } else {
-            1.0 + log_det.iter().fold(0.0f64, |m, v| m.max(v.abs()))
+        // truncation error at h = 1e-5): 1e-7 relative to 1 + |log-det| of the sample.
+        let tolerance = |ld: f64| {
+            if coupling.is_affine() {
+                1e-7
+            } else {
+                1e-7 * (1.0 + ld.abs())
+            }
         };
-        let tolerance = 1e-7 * scale;
         assert!(
             log_det.iter().any(|ld| ld.abs() > 1.0),
             "log-dets {log_det:?} too small for a non-trivial test"
@@ -1129,7 +1129,7 @@ mod tests {
             }
             let numeric = log_abs_det(jacobian, v);
             assert!(
-                (numeric - log_det[b]).abs() < tolerance,
+                (numeric - log_det[b]).abs() < tolerance(log_det[b]),
                 "{numeric} vs {}",
                 log_det[b]
             );
@@ -1243,7 +1243,7 @@ mod tests {
         for coupling in [NativeCoupling::Affine, spline] {
             check_log_det(coupling, true, 1.5);
             check_gradient(coupling, true);
-            let mut flow = scaled_flow::<f64>(
+            let flow = scaled_flow::<f64>(
                 &AffineFlowConfig {
                     coupling,
                     z2: true,
@@ -1251,9 +1251,6 @@ mod tests {
                 },
                 2.0,
             );
-            for (i, p) in flow.params_mut().iter_mut().enumerate() {
-                *p += 0.3 * ((i * 7919 % 13) as f64 / 13.0 - 0.5);
-            }
             let z = flow.draw_prior(4, &mut rng(13));
             let minus: Vec<f64> = z.iter().map(|v| -v).collect();
             let (x, ld) = flow.forward(&z).unwrap();

@@ -23,7 +23,8 @@ const FLOW: &str = "[flow]\nlayers = 2\nhidden = [8, 8]\nseed = 1\n\n\
 const MCMC: &str = "\n[mcmc]\nsampler = \"hmc\"\nchains = 2\nseed = 4\nthermalization = 100\n\
 draws = 500\nblock = 250\n";
 
-/// Runs `compare CONFIG --out OUT --quiet`, asserts success and returns the report text.
+/// Runs `compare CONFIG --out OUT --quiet`, asserts success and that stdout names the report,
+/// and returns the report text.
 fn compare_ok(config: &Path, out: &Path) -> String {
     let o = run(&[
         "compare",
@@ -37,6 +38,8 @@ fn compare_ok(config: &Path, out: &Path) -> String {
         "compare failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("report.md"), "{stdout}");
     std::fs::read_to_string(out.join("report.md")).unwrap()
 }
 
@@ -59,21 +62,7 @@ fn compare_writes_report_with_every_method_and_svg_plots() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &format!("{FLOW}{MCMC}"));
     let out = dir.path().join("cmp");
-    let o = run(&[
-        "compare",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quiet",
-    ]);
-    assert!(
-        o.status.success(),
-        "compare failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(stdout.contains("report.md"), "{stdout}");
-    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    let report = compare_ok(&config, &out);
     for needle in [
         "## chi2",
         "## abs_m",
