@@ -497,8 +497,23 @@ impl<B: Backend> Flow<B> {
     /// Runs in chunks of [`SAMPLE_CHUNK`] samples (the conv conditioners' patch matrices grow
     /// with the batch). Shapes: (`[n, dim]` row-major, `[n]`).
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> (Vec<f32>, Vec<f64>) {
+        let z = self.config.prior.draw(n * self.config.dim(), rng);
+        self.push_forward(&z)
+            .expect("the prior draws whole configurations")
+    }
+
+    /// x = f(z) and log q(x) = log pi(z) - log|det df/dz| of host prior draws `z`
+    /// `[n, dim]`, in chunks of [`SAMPLE_CHUNK`] samples.
+    pub fn push_forward(&self, z: &[f32]) -> Result<(Vec<f32>, Vec<f64>)> {
         let dim = self.config.dim();
-        let z = self.config.prior.draw(n * dim, rng);
+        if !z.len().is_multiple_of(dim) {
+            return Err(FlowError::Shape {
+                what: "prior draws",
+                len: z.len(),
+                volume: dim,
+            });
+        }
+        let n = z.len() / dim;
         let mut x = Vec::with_capacity(n * dim);
         let mut log_q = Vec::with_capacity(n);
         for z in z.chunks(SAMPLE_CHUNK * dim) {
@@ -512,7 +527,7 @@ impl<B: Backend> Flow<B> {
                     .map(|(z, ld)| self.config.prior.log_density(z) - ld),
             );
         }
-        (x, log_q)
+        Ok((x, log_q))
     }
 
     /// log q(x) of `[n, dim]` host configurations (in chunks of [`SAMPLE_CHUNK`]).

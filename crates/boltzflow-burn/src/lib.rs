@@ -22,5 +22,8 @@ pub use boltzflow_flow::{FlowError, FlowModel, Result};
 pub use flow::{Activation, Conditioner, Flow, FlowConfig, Mask, Prior};
 pub use model::{BurnModel, CpuBackend};
 
+/// A CUDA GPU by index (in the order of CUDA_VISIBLE_DEVICES).
+#[cfg(feature = "cuda")]
+pub use burn::backend::cuda::CudaDevice;
 #[cfg(feature = "cuda")]
 pub use model::CudaBackend;

@@ -110,35 +110,41 @@ impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
         self.flow.set_params(params)
     }
 
-    fn sample(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> (Vec<f32>, Vec<f64>) {
+    fn draw_prior(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
+        self.flow.config().prior.draw(n * self.dim(), rng)
+    }
+
+    fn push_forward(&self, z: &[f32]) -> Result<(Vec<f32>, Vec<f64>)> {
         let inner: Flow<B::InnerBackend> = self.flow.valid();
-        inner.sample(n, rng)
+        inner.push_forward(z)
     }
 
     fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>> {
         self.flow.valid().log_prob(x)
     }
 
-    fn reverse_kl_gradient(
+    fn reverse_kl_gradient_at(
         &mut self,
         target: &dyn Target,
-        batch: usize,
-        rng: &mut Xoshiro256PlusPlus,
+        z: &[f32],
         grad: &mut [f32],
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        if batch < 2 {
+        let dim = self.dim();
+        if z.is_empty() || !z.len().is_multiple_of(dim) {
             return Err(FlowError::InvalidConfig {
-                name: "batch",
-                value: batch.to_string(),
-                fix: "use a batch of at least 2 samples",
+                name: "prior draws",
+                value: z.len().to_string(),
+                fix: "pass whole configurations [batch, dim]",
             });
         }
-        let dim = self.dim();
+        let batch = z.len() / dim;
         let prior = self.flow.config().prior;
-        let z = prior.draw(batch * dim, rng);
         let log_prior: Vec<f64> = z.chunks(dim).map(|z| prior.log_density(z)).collect();
         let tracked = self.tracked();
-        let zt = Tensor::<B, 2>::from_data(TensorData::new(z, [batch, dim]), self.flow.options());
+        let zt = Tensor::<B, 2>::from_data(
+            TensorData::new(z.to_vec(), [batch, dim]),
+            self.flow.options(),
+        );
         let (x, log_det) = tracked.forward(zt.clone());
         let log_q_t = tracked.log_prior(zt) - log_det.clone();
         let loss = (log_q_t + self.action.action(x.clone())).mean();

@@ -20,19 +20,49 @@ pub trait FlowModel: Send {
     fn params(&self) -> Vec<f32>;
     /// Replaces the parameters (length [`FlowModel::params`]`.len()`).
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
+    /// `n` prior draws z ~ pi, `[n, dim]`: the noise of [`FlowModel::sample`] and
+    /// [`FlowModel::reverse_kl_gradient`], drawn sample after sample from `rng`, so that the
+    /// first k of `n` draws are the k draws of a call with k (how data-parallel ranks split
+    /// one batch).
+    fn draw_prior(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32>;
+    /// x = f(z) and log q(x) = log pi(z) - log|det df/dz| of prior draws `z` `[n, dim]`.
+    fn push_forward(&self, z: &[f32]) -> Result<(Vec<f32>, Vec<f64>)>;
     /// `n` samples x ~ q and log q(x).
-    fn sample(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> (Vec<f32>, Vec<f64>);
+    fn sample(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> (Vec<f32>, Vec<f64>) {
+        let z = self.draw_prior(n, rng);
+        self.push_forward(&z)
+            .expect("draw_prior returns whole configurations")
+    }
     /// log q(x) of given configurations.
     fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>>;
-    /// Reverse KL on `batch` fresh samples: writes d/dtheta of (1/B) sum_b [log q(x_b) +
-    /// S(x_b)] (reparameterised) into `grad` and returns (S, log q) per sample.
+    /// Reverse KL on the samples x_b = f(z_b) of given prior draws `z` `[B, dim]`: writes
+    /// d/dtheta of (1/B) sum_b [log q(x_b) + S(x_b)] (reparameterised) into `grad` and
+    /// returns (S, log q) per sample.
+    fn reverse_kl_gradient_at(
+        &mut self,
+        target: &dyn Target,
+        z: &[f32],
+        grad: &mut [f32],
+    ) -> Result<(Vec<f64>, Vec<f64>)>;
+    /// Reverse KL on `batch` fresh samples (at least 2): [`FlowModel::reverse_kl_gradient_at`]
+    /// on `batch` draws of [`FlowModel::draw_prior`].
     fn reverse_kl_gradient(
         &mut self,
         target: &dyn Target,
         batch: usize,
         rng: &mut Xoshiro256PlusPlus,
         grad: &mut [f32],
-    ) -> Result<(Vec<f64>, Vec<f64>)>;
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        if batch < 2 {
+            return Err(FlowError::InvalidConfig {
+                name: "batch",
+                value: batch.to_string(),
+                fix: "use a batch of at least 2 samples (64 in the tutorial)",
+            });
+        }
+        let z = self.draw_prior(batch, rng);
+        self.reverse_kl_gradient_at(target, &z, grad)
+    }
     /// Forward KL (maximum likelihood) on data `x`: writes d/dtheta of -(1/B) sum_b log q(x_b)
     /// into `grad` and returns log q per sample.
     fn forward_kl_gradient(&mut self, x: &[f32], grad: &mut [f32]) -> Result<Vec<f64>>;
@@ -60,22 +90,31 @@ impl FlowModel for Trainer<f32> {
         Ok(())
     }
 
-    fn sample(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> (Vec<f32>, Vec<f64>) {
-        self.flow.sample(n, rng)
+    fn draw_prior(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
+        self.flow.draw_prior(n, rng)
+    }
+
+    fn push_forward(&self, z: &[f32]) -> Result<(Vec<f32>, Vec<f64>)> {
+        let (x, log_det) = self.flow.forward(z)?;
+        let log_q = z
+            .chunks_exact(self.flow.volume())
+            .zip(&log_det)
+            .map(|(z, ld)| AffineFlow::<f32>::log_prior(z) - ld)
+            .collect();
+        Ok((x, log_q))
     }
 
     fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>> {
         AffineFlow::log_prob(&self.flow, x)
     }
 
-    fn reverse_kl_gradient(
+    fn reverse_kl_gradient_at(
         &mut self,
         target: &dyn Target,
-        batch: usize,
-        rng: &mut Xoshiro256PlusPlus,
+        z: &[f32],
         grad: &mut [f32],
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let out = Trainer::reverse_kl_gradient(self, target, batch, rng)?;
+        let out = Trainer::reverse_kl_gradient_at(self, target, z)?;
         grad.copy_from_slice(self.gradient());
         Ok(out)
     }

@@ -285,8 +285,33 @@ impl<T: Real> Trainer<T> {
             });
         }
         let z = self.flow.draw_prior(batch, rng);
-        let (actions, log_det) = self.flow.reverse_kl_gradient(&z, target, &mut self.grad);
+        self.reverse_kl_gradient_at(target, &z)
+    }
+
+    /// [`Trainer::reverse_kl_gradient`] on given prior draws `z` `[B, V]` (B >= 1): one
+    /// data-parallel rank's share of a batch.
+    pub fn reverse_kl_gradient_at(
+        &mut self,
+        target: &dyn Target,
+        z: &[T],
+    ) -> Result<(Vec<f64>, Vec<f64>)> {
+        let shape = self.flow.config().shape;
+        if target.shape() != shape {
+            return Err(FlowError::TargetMismatch {
+                theory: target.theory(),
+                target: target.shape(),
+                flow: shape,
+            });
+        }
         let v = self.flow.volume();
+        if z.is_empty() || !z.len().is_multiple_of(v) {
+            return Err(FlowError::Shape {
+                what: "prior draws",
+                len: z.len(),
+                volume: v,
+            });
+        }
+        let (actions, log_det) = self.flow.reverse_kl_gradient(z, target, &mut self.grad);
         let log_q = z
             .chunks_exact(v)
             .zip(&log_det)

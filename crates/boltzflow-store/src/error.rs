@@ -36,6 +36,9 @@ pub enum StoreError {
     /// `resume` was given a layout (chains, datasets, shapes) that differs from the file's.
     #[error("{}: {what} in the file differs from this run; rerun without --resume or with the same config", path.display())]
     LayoutMismatch { path: PathBuf, what: String },
+    /// Per-rank files that cannot be joined into one ensemble.
+    #[error("{}: cannot collate: {what}", path.display())]
+    Collate { path: PathBuf, what: String },
     /// The layout itself is unusable (bad dataset name, zero chains, ...).
     #[error("invalid ensemble layout: {0}")]
     InvalidLayout(String),

@@ -62,6 +62,7 @@
 //! SWMR-read mode, which accepts that, and so must other readers: h5py
 //! `h5py.File(path, "r", swmr=True)` (or clear the flag with `h5clear -s path`).
 
+mod collate;
 mod error;
 mod hyperslab;
 mod reader;
@@ -69,6 +70,7 @@ mod schema;
 mod swmr;
 mod writer;
 
+pub use collate::collate;
 pub use error::{Result, StoreError};
 pub use reader::EnsembleReader;
 pub use writer::EnsembleWriter;

@@ -2,7 +2,7 @@
 //! tau_int, split R-hat across chains, and the deviation from the exact value in sigma.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -222,6 +222,48 @@ fn analyze_vector(
     Ok(())
 }
 
+/// Analyses several ensemble files of one run together (e.g. the per-rank files of a
+/// distributed run): their chains are joined, in the order given, into one ensemble (a
+/// temporary file, see [`boltzflow_store::collate`]) and analysed as one file.
+pub fn analyze_files(paths: &[PathBuf]) -> Result<Report> {
+    let [first, rest @ ..] = paths else {
+        anyhow::bail!("analyze needs at least one ensemble file");
+    };
+    if rest.is_empty() {
+        return analyze(first);
+    }
+    let meta = EnsembleReader::open(first)?.meta().clone();
+    for path in rest {
+        let other = EnsembleReader::open(path)?.meta().clone();
+        if other.kind != meta.kind
+            || other.config_toml != meta.config_toml
+            || other.lattice_toml != meta.lattice_toml
+        {
+            anyhow::bail!(
+                "{} and {} come from different runs (kind, config or lattice differ); analyse files of one run together",
+                first.display(),
+                path.display()
+            );
+        }
+    }
+    let joined = std::env::temp_dir().join(format!(
+        "boltzflow-analyze-{}-{}.h5",
+        std::process::id(),
+        meta.seed
+    ));
+    let result = boltzflow_store::collate(paths, &joined, 4096)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| analyze(&joined));
+    let _ = std::fs::remove_file(&joined);
+    let mut report = result?;
+    report.file = paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ");
+    Ok(report)
+}
+
 /// Analyses an ensemble file.
 pub fn analyze(path: &Path) -> Result<Report> {
     let reader = EnsembleReader::open(path)?;
@@ -390,8 +432,10 @@ fn analyze_train(
     Ok(report)
 }
 
-/// A sample file: importance weights (ESS, ln Z, reweighted observables) and the independence
-/// Metropolis chain (Gamma method on the proposals' values at `mh_index`).
+/// A sample file: importance weights (ESS, ln Z, reweighted observables) over the samples of
+/// every chain together, and the independence Metropolis chains (one per chain of the file,
+/// i.e. per rank of a distributed run; Gamma method over them as replicas on the proposals'
+/// values at `mh_index`, split R-hat across them).
 fn analyze_sample(
     path: &Path,
     reader: &EnsembleReader,
@@ -405,18 +449,22 @@ fn analyze_sample(
             path.display()
         );
     }
-    let series = chain0_series(reader)?;
-    let log_w = series
-        .get("log_w")
+    let mut series: BTreeMap<String, Vec<Vec<f64>>> = BTreeMap::new();
+    for name in reader.series_names() {
+        series.insert(name.clone(), reader.series(&name)?);
+    }
+    // The importance-sampling estimates see the chains' samples as one set.
+    let all = |name: &str| -> Option<Vec<f64>> { series.get(name).map(|c| c.concat()) };
+    let log_w = all("log_w")
         .with_context(|| format!("{}: no series log_w; is it a sample file?", path.display()))?;
     let mut report = base_report(path, reader, target.theory(), exact.clone());
     report.action_evals_per_draw = 1.0;
-    report.ess = Some(boltzflow_stats::ess_fraction(log_w));
+    report.ess = Some(boltzflow_stats::ess_fraction(&log_w));
     report.ln_z = Some(ValueReport::new(
-        boltzflow_stats::ln_z(log_w).with_context(|| format!("{}: ln Z", path.display()))?,
+        boltzflow_stats::ln_z(&log_w).with_context(|| format!("{}: ln Z", path.display()))?,
         exact.get("ln_z").copied(),
     ));
-    let bin = (n / 100).max(1);
+    let bin = (log_w.len() / 100).max(1);
     let names: Vec<&String> = series
         .keys()
         .filter(|k| !["log_q", "log_w", "mh_accepted", "mh_index"].contains(&k.as_str()))
@@ -424,7 +472,8 @@ fn analyze_sample(
         .collect();
     let mut reweighted = BTreeMap::new();
     for name in &names {
-        match boltzflow_stats::reweighted_mean(log_w, &series[*name], bin) {
+        let values = all(name).expect("a series of the file");
+        match boltzflow_stats::reweighted_mean(&log_w, &values, bin) {
             Ok(value) => {
                 reweighted.insert(
                     name.to_string(),
@@ -436,27 +485,30 @@ fn analyze_sample(
     }
     report.reweighted = Some(reweighted);
     if let (Some(accepted), Some(index)) = (series.get("mh_accepted"), series.get("mh_index")) {
-        let chain: BTreeMap<&str, Vec<f64>> = names
+        // Per observable, the MH chain of every file chain: with interleaved local updates
+        // the chain's values are stored; otherwise the chain is the proposals at mh_index.
+        let chain: BTreeMap<&str, Vec<Vec<f64>>> = names
             .iter()
             .map(|name| {
-                // With interleaved local updates the chain's values are stored; otherwise the
-                // chain is the proposals at mh_index.
                 let on_chain = match series.get(&format!("chain_{name}")) {
                     Some(values) => values.clone(),
-                    None => {
-                        let values = &series[*name];
-                        index.iter().map(|&i| values[i as usize]).collect()
-                    }
+                    None => series[*name]
+                        .iter()
+                        .zip(index)
+                        .map(|(values, index)| index.iter().map(|&i| values[i as usize]).collect())
+                        .collect(),
                 };
                 (name.as_str(), on_chain)
             })
             .collect();
-        for (name, values) in &chain {
-            match gamma_method(&[values.as_slice()], S_TAU) {
+        for (name, chains) in &chain {
+            let replicas: Vec<&[f64]> = chains.iter().map(Vec::as_slice).collect();
+            match gamma_method(&replicas, S_TAU) {
                 Ok(e) => {
+                    let rhat = (replicas.len() > 1).then(|| split_rhat(&replicas));
                     report.observables.insert(
                         name.to_string(),
-                        self::report(e, None, exact.get(*name).copied()),
+                        self::report(e, rhat, exact.get(*name).copied()),
                     );
                 }
                 Err(e) => {
@@ -466,16 +518,23 @@ fn analyze_sample(
         }
         insert_derived(
             target,
-            |name| chain.get(name).map(|c| vec![c.as_slice()]),
+            |name| {
+                chain
+                    .get(name)
+                    .map(|c| c.iter().map(Vec::as_slice).collect())
+            },
             &exact,
             &mut report.observables,
         );
-        let acceptance = accepted.iter().sum::<f64>() / n as f64;
+        let accepted_all = accepted.concat();
+        let acceptance = accepted_all.iter().sum::<f64>() / accepted_all.len() as f64;
         let mut longest = 0;
-        let mut run = 0;
-        for &a in accepted {
-            run = if a == 0.0 { run + 1 } else { 0 };
-            longest = longest.max(run);
+        for chain in accepted {
+            let mut run = 0;
+            for &a in chain {
+                run = if a == 0.0 { run + 1 } else { 0 };
+                longest = longest.max(run);
+            }
         }
         report.acceptance = acceptance;
         report.mh = Some(MhReport {

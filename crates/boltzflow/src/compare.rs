@@ -306,7 +306,10 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
         None => {
             tracing::info!("compare: training into {}", flow_dir.display());
             let start = Instant::now();
-            train::run(&run_args(flow_dir.clone(), None))?;
+            train::run(
+                &run_args(flow_dir.clone(), None),
+                &boltzflow_dist::SingleProcess,
+            )?;
             let wall = start.elapsed().as_secs_f64();
             let report = analyze::analyze(&flow_dir.join("train.h5"))?;
             (flow_dir.join("model.json"), Some((report, wall)))
@@ -316,10 +319,13 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
     // Sampling.
     tracing::info!("compare: sampling into {}", sample_path.display());
     let start = Instant::now();
-    sample::run(&SampleArgs {
-        run: run_args(sample_path.clone(), None),
-        model,
-    })?;
+    sample::run(
+        &SampleArgs {
+            run: run_args(sample_path.clone(), None),
+            model,
+        },
+        &boltzflow_dist::SingleProcess,
+    )?;
     let sample_wall = start.elapsed().as_secs_f64();
     let flow = analyze::analyze(&sample_path)?;
 
@@ -394,7 +400,7 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
 }
 
 fn mcmc_run(args: &RunArgs) -> Result<PathBuf> {
-    crate::mcmc::run(args)
+    crate::mcmc::run(args, &boltzflow_dist::SingleProcess)
 }
 
 /// Draws per chain that give baseline `kind` about `evals` action evaluations in all chains

@@ -110,10 +110,28 @@ impl Architecture {
     }
 }
 
+/// The GPU of this process: device 0 when CUDA_VISIBLE_DEVICES names exactly one (the
+/// launcher gave each rank its own, as `srun --gpus-per-task=1` does), otherwise the
+/// node-local MPI rank (one process per GPU under `mpirun`; 0 without MPI).
+#[cfg(feature = "cuda")]
+fn cuda_index() -> usize {
+    let visible = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_default();
+    let listed = visible.split(',').filter(|d| !d.trim().is_empty()).count();
+    if listed == 1 {
+        0
+    } else {
+        boltzflow_dist::launcher_local_rank()
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn cuda_model(config: &FlowConfig, spec: &TargetSpec) -> Result<Box<dyn FlowModel>> {
+    let device = boltzflow_burn::CudaDevice {
+        index: cuda_index(),
+    };
+    tracing::info!("flow on CUDA device {}", device.index);
     Ok(Box::new(
-        BurnModel::<boltzflow_burn::CudaBackend>::new(config, spec, &Default::default())
+        BurnModel::<boltzflow_burn::CudaBackend>::new(config, spec, &device)
             .map_err(|e| anyhow!("[flow]: {e}"))?,
     ))
 }

@@ -18,6 +18,8 @@ use std::process::ExitCode;
 use anyhow::{Result, anyhow};
 use clap::{Parser, Subcommand};
 
+use boltzflow_dist::{Communicator, World};
+
 use boltzflow_targets::LatticeFile;
 
 use crate::output::RunArgs;
@@ -57,8 +59,10 @@ enum Command {
     Compare(compare::CompareArgs),
     /// Analyse an ensemble file: means, errors, tau_int, R-hat, deviation from exact values.
     Analyze {
-        /// HDF5 file written by boltzflow.
-        file: PathBuf,
+        /// HDF5 file written by boltzflow; several files of one run (e.g. the per-rank files
+        /// of an MPI run) are analysed together, their chains joined in the order given.
+        #[arg(required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
@@ -83,13 +87,42 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    match run(cli.command) {
+    let world = match World::init() {
+        Ok(world) => world,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let comm = world.comm();
+    match run(cli.command, comm) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if comm.size() > 1 => {
+            // The other ranks may be waiting in a collective: end the whole job.
+            eprintln!(
+                "error: rank {} of {}: {}",
+                comm.rank(),
+                comm.size(),
+                one_line(&e)
+            );
+            comm.abort(2)
+        }
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// Refuses to run a single-process command as one of several MPI ranks.
+fn single_process(comm: &dyn Communicator, command: &str) -> Result<()> {
+    if comm.size() > 1 {
+        anyhow::bail!(
+            "`boltzflow {command}` runs on one process, not under mpirun with {} ranks; run it directly (mpirun is for train, sample and mcmc)",
+            comm.size()
+        );
+    }
+    Ok(())
 }
 
 /// The error chain on one line, outermost context first.
@@ -101,37 +134,39 @@ fn one_line(e: &anyhow::Error) -> String {
         .replace('\n', " ")
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, comm: &dyn Communicator) -> Result<()> {
     match command {
         Command::Mcmc(args) => {
-            let path = mcmc::run(&args)?;
-            if !args.quiet {
+            let path = mcmc::run(&args, comm)?;
+            if !args.quiet && comm.is_root() {
                 summarise(&path);
             }
             Ok(())
         }
         Command::Train(args) => {
-            let dir = train::run(&args)?;
-            if !args.quiet {
+            let dir = train::run(&args, comm)?;
+            if !args.quiet && comm.is_root() {
                 summarise(&dir.join("train.h5"));
             }
             Ok(())
         }
         Command::Sample { run, model } => {
             let quiet = run.quiet;
-            let path = sample::run(&sample::SampleArgs { run, model })?;
-            if !quiet {
+            let path = sample::run(&sample::SampleArgs { run, model }, comm)?;
+            if !quiet && comm.is_root() {
                 summarise(&path);
             }
             Ok(())
         }
         Command::Compare(args) => {
+            single_process(comm, "compare")?;
             let report = compare::run(&args)?;
             println!("report: {}", report.display());
             Ok(())
         }
-        Command::Analyze { file, json } => {
-            let report = analyze::analyze(&file)?;
+        Command::Analyze { files, json } => {
+            single_process(comm, "analyze")?;
+            let report = analyze::analyze_files(&files)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -140,6 +175,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Exact { lattice, json } => {
+            single_process(comm, "exact")?;
             let values = exact_values(&lattice)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&values)?);

@@ -5,30 +5,59 @@
 //! sampler states, draw counter) is written, then the file is flushed: a run killed at any
 //! moment resumes from its last committed block with the generator state it had, so the
 //! resumed chain is bitwise the chain an uninterrupted run would have produced.
+//!
+//! Under `mpirun -np R` the `mcmc.chains` chains are split over the ranks in contiguous
+//! blocks (rank r runs chains `[C r / R, C (r + 1) / R)`, each on its own stream of the seed,
+//! exactly as one process would), rank r writes `<out stem>.rank<r>.h5`, and at the end rank
+//! 0 collates the rank files into `--out`: the same ensemble a single process writes, chain
+//! for chain. A rank killed mid-run leaves every rank file readable; `--resume` with the same
+//! number of ranks continues each from its last commit and collates again.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, bail};
 
+use boltzflow_dist::Communicator;
 use boltzflow_mcmc::{BlockData, ChainState, Chains};
 use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 
 use crate::config::Loaded;
-use crate::output::{self, RunArgs, lock_output, run_meta, same_run};
+use crate::output::{self, RunArgs, Shard, lock_output, rank_path, run_meta, same_run};
 
-/// Runs the chains and returns the path of the ensemble file.
-pub fn run(args: &RunArgs) -> Result<PathBuf> {
+/// Runs the chains (this rank's share of them) and returns the path of the ensemble file.
+pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     let loaded = Loaded::read(&args.config, &args.overrides)?;
     let mcmc = loaded.mcmc(&args.config)?.clone();
+    let ranks = comm.size();
+    if mcmc.chains < ranks {
+        bail!(
+            "mcmc.chains = {} is fewer than the {ranks} ranks and every rank runs at least one chain; set mcmc.chains >= {ranks} (e.g. --set mcmc.chains={ranks})",
+            mcmc.chains
+        );
+    }
+    let share = Shard::of(comm).range(mcmc.chains);
+    let mut local = mcmc.clone();
+    local.chains = share.len();
     // Everything is validated before any file is touched.
-    let mut chains = Chains::new(&mcmc, &loaded.lattice.target, 0)?;
-    let out = args
+    let mut chains = Chains::new(&local, &loaded.lattice.target, share.start as u64)?;
+    let collated = args
         .out
         .clone()
         .unwrap_or_else(|| default_out(&args.config));
+    if ranks > 1 && comm.is_root() && collated.exists() && !args.resume && !args.force {
+        bail!(
+            "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
+            collated.display()
+        );
+    }
+    let out = if ranks > 1 {
+        rank_path(&collated, comm.rank())
+    } else {
+        collated.clone()
+    };
     let layout = Layout {
-        chains: mcmc.chains,
+        chains: local.chains,
         config_shape: mcmc.store_configs.then(|| chains.target().shape()),
         series: chains.series_names(),
         vectors: chains.vector_names(),
@@ -102,7 +131,7 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         (writer, 0)
     };
 
-    let progress = output::progress_bar(mcmc.draws as u64, "draws", args.quiet);
+    let progress = output::progress_bar(mcmc.draws as u64, "draws", args.quiet || !comm.is_root());
     progress.set_position(done as u64);
     let start = Instant::now();
     while done < mcmc.draws {
@@ -120,7 +149,11 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         start.elapsed(),
         writer.path().display()
     );
-    Ok(out)
+    drop(writer);
+    if ranks > 1 {
+        output::collate_ranks(comm, &collated, mcmc.block)?;
+    }
+    Ok(collated)
 }
 
 /// `runs/<config stem>.h5`.

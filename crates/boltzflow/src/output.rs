@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use boltzflow_dist::Communicator;
 use boltzflow_store::RunMeta;
 use boltzflow_targets::{CONVENTIONS, TargetSpec};
 
@@ -34,6 +35,44 @@ pub struct RunArgs {
     pub quiet: bool,
 }
 use crate::provenance;
+
+/// This rank's share of work split evenly over the ranks of a run.
+#[derive(Clone, Copy, Debug)]
+pub struct Shard {
+    /// This rank.
+    pub rank: usize,
+    /// Number of ranks.
+    pub ranks: usize,
+}
+
+impl Shard {
+    /// The share of this process in `comm`.
+    pub fn of(comm: &dyn boltzflow_dist::Communicator) -> Self {
+        Self {
+            rank: comm.rank(),
+            ranks: comm.size(),
+        }
+    }
+
+    /// Items `[n r / R, n (r + 1) / R)` of `0..n`: contiguous, in rank order, sizes differing
+    /// by at most one.
+    pub fn range(self, n: usize) -> std::ops::Range<usize> {
+        n * self.rank / self.ranks..n * (self.rank + 1) / self.ranks
+    }
+}
+
+/// `<stem>.rank<r>.<ext>` beside `out`: the file rank `r` of a distributed run writes.
+pub fn rank_path(out: &Path, rank: usize) -> PathBuf {
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "run".into());
+    let ext = out
+        .extension()
+        .map(|e| e.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "h5".into());
+    out.with_file_name(format!("{stem}.rank{rank}.{ext}"))
+}
 
 /// The target's parameters as JSON, with phi^4 couplings in both parametrisations.
 pub fn parameters(spec: &TargetSpec) -> String {
@@ -134,4 +173,28 @@ pub fn progress_bar(total: u64, unit: &str, quiet: bool) -> ProgressBar {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// After every rank has finished its file, rank 0 joins them into `collated` (chain order =
+/// rank order); every rank returns once the collated file is complete.
+pub fn collate_ranks(comm: &dyn Communicator, collated: &Path, block: usize) -> Result<()> {
+    comm.barrier();
+    let result = if comm.is_root() {
+        let parts: Vec<PathBuf> = (0..comm.size()).map(|r| rank_path(collated, r)).collect();
+        let clock = std::time::Instant::now();
+        let result = boltzflow_store::collate(&parts, collated, block);
+        if result.is_ok() {
+            tracing::info!(
+                "collated {} rank files into {} in {:.2?}",
+                parts.len(),
+                collated.display(),
+                clock.elapsed()
+            );
+        }
+        result
+    } else {
+        Ok(())
+    };
+    comm.barrier();
+    Ok(result?)
 }

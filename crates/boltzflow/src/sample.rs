@@ -24,6 +24,13 @@
 //! With `sample.z2_mixture` the proposals come from the Z2-symmetrised flow q_s(x) =
 //! [q(x) + q(-x)] / 2 (see [`Proposer`]) and `log_q` holds log q_s.
 //!
+//! Under `mpirun -np R` the `sample.samples` draws are split over the ranks (contiguous
+//! shares, sizes differing by at most one); rank r draws from its own streams of
+//! `sample.seed` (the single-process streams advanced by r jumps of 2^128), runs its own
+//! Metropolis chain and writes `<out stem>.rank<r>.h5`; at the end the ranks reduce the
+//! global ESS/N and ln Z (logged), and rank 0 collates the rank files into `--out`, one chain
+//! per rank, which `analyze` treats as replicas.
+//!
 //! The file has kind "sample", one chain, configurations optional (`sample.store_configs`).
 //! Each batch is one commit; the checkpoint holds `x` = the chain's current configuration,
 //! `rng` = the flow's and the uniforms' generators, `sampler` = the chain's state (index of
@@ -38,11 +45,12 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use boltzflow_dist::Communicator;
 use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 use boltzflow_targets::LatticeFile;
 
 use crate::config::Loaded;
-use crate::output::{self, RunArgs, lock_output, run_meta, same_run};
+use crate::output::{self, RunArgs, Shard, lock_output, rank_path, run_meta, same_run};
 use crate::train::{self, ModelFile, lattice_summary};
 
 /// The independence Metropolis-Hastings series.
@@ -86,10 +94,39 @@ struct ChainState {
     accepted: u64,
 }
 
-/// Draws the samples and returns the path of the ensemble file.
-pub fn run(args: &SampleArgs) -> Result<PathBuf> {
+impl Generators {
+    /// The streams of rank `rank`: seeded by `seed`, advanced by `rank` jumps of 2^128 (the
+    /// Metropolis and local streams sit one and two long jumps of 2^192 further on).
+    fn of(seed: u64, rank: usize) -> Self {
+        let mut base = Xoshiro256PlusPlus::seed_from_u64(seed);
+        for _ in 0..rank {
+            base.jump();
+        }
+        let mut mh = base.clone();
+        mh.long_jump();
+        let mut local = mh.clone();
+        local.long_jump();
+        Self {
+            flow: base,
+            mh,
+            local,
+        }
+    }
+}
+
+/// Draws the samples (this rank's share of them) and returns the path of the ensemble file.
+pub fn run(args: &SampleArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     let loaded = Loaded::read(&args.run.config, &args.run.overrides)?;
     let sample = loaded.sampling(&args.run.config)?;
+    let ranks = comm.size();
+    let samples = Shard::of(comm).range(sample.samples).len();
+    if samples < 1 {
+        bail!(
+            "sample.samples = {} leaves rank {} without samples; draw at least one per rank",
+            sample.samples,
+            comm.rank()
+        );
+    }
     train::flow_shape(&loaded.lattice.target, &args.run.config)?;
     let model = ModelFile::read(&args.model)?;
     let model_lattice = LatticeFile::parse(&model.lattice)
@@ -138,26 +175,24 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
         vectors: Vec::new(),
         block: sample.batch,
     };
-    let out = args.run.out.clone().unwrap_or_else(|| {
+    let collated = args.run.out.clone().unwrap_or_else(|| {
         let dir = train::default_dir(&args.run.config);
         dir.with_extension("h5")
     });
+    if ranks > 1 && comm.is_root() && collated.exists() && !args.run.resume && !args.run.force {
+        bail!(
+            "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
+            collated.display()
+        );
+    }
+    let out = if ranks > 1 {
+        rank_path(&collated, comm.rank())
+    } else {
+        collated.clone()
+    };
 
     let _lock = lock_output(&out)?;
-    let mut generators = Generators {
-        flow: Xoshiro256PlusPlus::seed_from_u64(sample.seed),
-        mh: {
-            let mut mh = Xoshiro256PlusPlus::seed_from_u64(sample.seed);
-            mh.long_jump();
-            mh
-        },
-        local: {
-            let mut local = Xoshiro256PlusPlus::seed_from_u64(sample.seed);
-            local.long_jump();
-            local.long_jump();
-            local
-        },
-    };
+    let mut generators = Generators::of(sample.seed, comm.rank());
     let mut chain = ChainState::default();
     let mut current_x: Vec<f64> = Vec::new();
     let (mut writer, mut done) = if args.run.resume {
@@ -192,7 +227,7 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
             "resuming {} at sample {} of {}",
             out.display(),
             checkpoint.draws,
-            sample.samples
+            samples
         );
         (writer, checkpoint.draws as usize)
     } else {
@@ -209,13 +244,14 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
         )
     };
 
-    let progress = output::progress_bar(sample.samples as u64, "samples", args.run.quiet);
+    let progress =
+        output::progress_bar(samples as u64, "samples", args.run.quiet || !comm.is_root());
     progress.set_position(done as u64);
     let start = Instant::now();
     let first = done;
     let dim = target.dim();
-    while done < sample.samples {
-        let n = sample.batch.min(sample.samples - done);
+    while done < samples {
+        let n = sample.batch.min(samples - done);
         let (x, log_q) = proposer.sample(n, &mut generators.flow)?;
         let x: Vec<f64> = x.iter().map(|&p| f64::from(p)).collect();
         let mut action = vec![0.0; n];
@@ -286,7 +322,37 @@ pub fn run(args: &SampleArgs) -> Result<PathBuf> {
         (done - first) as f64 / seconds.max(1e-9),
         out.display()
     );
-    Ok(out)
+    drop(writer);
+    if ranks > 1 {
+        global_estimates(comm, &out)?;
+        output::collate_ranks(comm, &collated, sample.batch)?;
+    }
+    Ok(collated)
+}
+
+/// ESS/N and ln Z = LSE(log w) - ln N over the samples of every rank, reduced over the ranks
+/// (max, then the sums of w / w_max and (w / w_max)^2 and the count); logged and returned.
+fn global_estimates(comm: &dyn Communicator, file: &std::path::Path) -> Result<(f64, f64)> {
+    let log_w = EnsembleReader::open(file)?.series("log_w")?.swap_remove(0);
+    let mut max = [log_w.iter().copied().fold(f64::NEG_INFINITY, f64::max)];
+    comm.all_reduce_max_f64(&mut max);
+    let mut sums = [0.0, 0.0, log_w.len() as f64];
+    for lw in &log_w {
+        let w = (lw - max[0]).exp();
+        sums[0] += w;
+        sums[1] += w * w;
+    }
+    comm.all_reduce_sum_f64(&mut sums);
+    let [s1, s2, n] = sums;
+    let ess = s1 * s1 / s2 / n;
+    let ln_z = max[0] + s1.ln() - n.ln();
+    if comm.is_root() {
+        tracing::info!(
+            "{} ranks, {n} samples in all: ESS/N {ess:.6}, ln Z {ln_z:.10}",
+            comm.size()
+        );
+    }
+    Ok((ess, ln_z))
 }
 
 /// The local sampler of `sample.local`, with the settings of `[mcmc]` when the config has

@@ -27,6 +27,19 @@
 //! evaluation batch, `grad_norm` and `lr` those of the last step, `steps_per_s` the training
 //! rate since the previous evaluation (evaluation time excluded).
 //!
+//! # Data-parallel training (`mpirun -np R boltzflow train ...`)
+//!
+//! `train.batch` is the global batch B; it must split evenly over the R ranks. Every rank
+//! carries the same training RNG and draws the noise of the whole batch (B x dim normals,
+//! negligible next to the flow), then takes its share: samples `[r B/R, (r+1) B/R)`. Each rank
+//! computes the mean gradient of its share; the shares' gradients and losses are all-reduced
+//! (summed, divided by R) before the Adam step, so every rank applies the same update and R
+//! ranks x B/R compute what one process computes on B, up to the order of the f32 sums. A
+//! hash of the parameters is compared across ranks at every evaluation; a difference stops
+//! the run. Evaluations split their batch the same way and all-gather the log weights. Rank
+//! 0 alone writes `model.json` and `train.h5`; on `--resume` it reads them and broadcasts the
+//! state, so a run continues with any number of ranks that divides its batch.
+//!
 //! # State and resumption
 //!
 //! The full training state ([`ModelFile`]: flow config, parameters, Adam moments, step, RNG) is
@@ -47,13 +60,14 @@ use serde::{Deserialize, Serialize};
 
 use rand::RngExt;
 
+use boltzflow_dist::Communicator;
 use boltzflow_flow::{Adam, AdamConfig, FlowModel, mh_acceptance};
 use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 use boltzflow_targets::{LatticeFile, Target, TargetSpec};
 
 use crate::config::{Loaded, Objective, TrainSection};
 use crate::engine::{Architecture, Device};
-use crate::output::{self, RunArgs, lock_output, run_meta, same_run};
+use crate::output::{self, RunArgs, Shard, lock_output, run_meta, same_run};
 
 /// Value of the `format` field of a model file.
 pub const MODEL_FORMAT: &str = "boltzflow-model";
@@ -197,42 +211,82 @@ pub fn default_dir(config: &Path) -> PathBuf {
     PathBuf::from("runs").join(stem)
 }
 
-/// Log weights log w = -S - log q of `n` fresh samples drawn from `rng`, in f64.
-pub fn log_weights(
+/// One evaluation's numbers, in [`TRAIN_SERIES`] order: `n` samples drawn from the
+/// evaluation stream of `step`, split over the ranks of `comm` (log w all-gathered).
+fn evaluate(
     flow: &dyn FlowModel,
     target: &dyn Target,
     n: usize,
-    rng: &mut Xoshiro256PlusPlus,
-) -> Vec<f64> {
-    let (x, log_q) = flow.sample(n, rng);
-    let x: Vec<f64> = x.iter().map(|&p| f64::from(p)).collect();
-    let mut action = vec![0.0; n];
-    target.action_batch(&x, &mut action);
-    action.iter().zip(&log_q).map(|(s, lq)| -s - lq).collect()
-}
-
-/// One evaluation's numbers, in [`TRAIN_SERIES`] order.
-fn evaluate(flow: &dyn FlowModel, target: &dyn Target, n: usize, seed: u64, step: u64) -> [f64; 5] {
+    (seed, step): (u64, u64),
+    comm: &dyn Communicator,
+) -> Result<[f64; 5]> {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(
         seed ^ EVAL_SALT ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
-    let log_w = log_weights(flow, target, n, &mut rng);
+    let dim = flow.dim();
+    let z = flow.draw_prior(n, &mut rng);
+    let share = Shard::of(comm).range(n);
+    let (x, log_q) = flow
+        .push_forward(&z[share.start * dim..share.end * dim])
+        .map_err(|e| anyhow!("{e}"))?;
+    let x: Vec<f64> = x.iter().map(|&p| f64::from(p)).collect();
+    let mut action = vec![0.0; share.len()];
+    target.action_batch(&x, &mut action);
+    let local: Vec<f64> = action.iter().zip(&log_q).map(|(s, lq)| -s - lq).collect();
+    let log_w = if comm.size() > 1 {
+        comm.all_gather_f64(&local)
+    } else {
+        local
+    };
     let nf = n as f64;
     let mean = log_w.iter().sum::<f64>() / nf;
     let var = log_w.iter().map(|l| (l - mean).powi(2)).sum::<f64>() / (nf - 1.0);
-    [
+    Ok([
         -mean,
         (var / nf).sqrt(),
         boltzflow_stats::ess_fraction(&log_w),
         mh_acceptance(&log_w),
         var,
-    ]
+    ])
 }
 
-/// Trains and returns the output directory.
-pub fn run(args: &RunArgs) -> Result<PathBuf> {
+/// FNV-1a over the bits of the parameters: equal on every rank of a healthy data-parallel run.
+fn parameter_hash(params: &[f32]) -> u64 {
+    params.iter().fold(0xcbf2_9ce4_8422_2325, |h, p| {
+        (h ^ u64::from(p.to_bits())).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Stops the run when the ranks' parameters differ (they must stay bitwise equal).
+fn check_replicas(comm: &dyn Communicator, params: &[f32], step: u64) -> Result<()> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let hashes = comm.all_gather_u64(parameter_hash(params));
+    if let Some(rank) = hashes.iter().position(|&h| h != hashes[0]) {
+        bail!(
+            "data-parallel training diverged: the parameters of rank {rank} differ from rank 0's at step {step} (hash {:016x} vs {:016x}); the MPI reduction is not deterministic across ranks, rerun with one rank per node or report the MPI library",
+            hashes[rank],
+            hashes[0]
+        );
+    }
+    Ok(())
+}
+
+/// Trains and returns the output directory; with several ranks in `comm`, data-parallel
+/// (see the module documentation).
+pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     let loaded = Loaded::read(&args.config, &args.overrides)?;
     let (flow_section, train) = loaded.training(&args.config)?;
+    let ranks = comm.size();
+    let batches = std::iter::once(train.batch).chain(train.batch_schedule.iter().map(|[_, b]| *b));
+    for b in batches {
+        if !b.is_multiple_of(ranks) || b / ranks < 1 {
+            bail!(
+                "the training batch {b} (train.batch or train.batch_schedule) does not split evenly over {ranks} ranks; use a multiple of {ranks} or another number of ranks"
+            );
+        }
+    }
     let shape = flow_shape(&loaded.lattice.target, &args.config)?;
     let target = loaded.lattice.target.build()?;
     let flow_config = Architecture::resolve(&flow_section, &shape, train.forward_kl())?;
@@ -259,9 +313,17 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         block: 1,
     };
 
-    let _lock = lock_output(&model_path)?;
-    let (mut writer, mut state) = if args.resume {
-        resume(&loaded, &model_path, &h5_path, &layout, &flow_config)?
+    // Rank 0 owns the files; the others receive its state.
+    let _lock = if comm.is_root() {
+        Some(lock_output(&model_path)?)
+    } else {
+        None
+    };
+    let (mut writer, mut state) = if !comm.is_root() {
+        (None, None)
+    } else if args.resume {
+        let (writer, state) = resume(&loaded, &model_path, &h5_path, &layout, &flow_config)?;
+        (Some(writer), Some(state))
     } else {
         for existing in [&model_path, &h5_path].into_iter().filter(|p| p.exists()) {
             if !args.force {
@@ -297,7 +359,18 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         let meta = run_meta("train", &loaded, train.seed);
         let writer = EnsembleWriter::create(&h5_path, &meta, &layout, args.force)?;
         state.write_atomic(&model_path)?;
-        (writer, state)
+        (Some(writer), Some(state))
+    };
+    let mut state = if ranks > 1 {
+        let bytes = match &state {
+            Some(state) => serde_json::to_vec(state)?,
+            None => Vec::new(),
+        };
+        let bytes = comm.broadcast_bytes(bytes);
+        serde_json::from_slice::<ModelFile>(&bytes)
+            .map_err(|e| anyhow!("training state from rank 0: {e}"))?
+    } else {
+        state.take().expect("rank 0 holds the state")
     };
     // The run may have grown: the stored config is the one of this session from now on.
     state.config = loaded.toml.clone();
@@ -315,12 +388,16 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         .set_params(&state.params)
         .map_err(|e| anyhow!("{e}"))?;
     let mut params = state.params.clone();
-    let progress = output::progress_bar(steps, "steps", args.quiet);
+    let progress = output::progress_bar(steps, "steps", args.quiet || !comm.is_root());
+    let shard = Shard::of(comm);
+    // Seconds spent in the all-reduce of gradients and losses this session.
+    let mut reduce_s = 0.0;
     progress.set_position(state.step);
     let session = Instant::now();
     let elapsed_before = state.elapsed_s;
     // Training rate since the last evaluation, its time excluded: (clock, step).
     let mut rate_clock = (Instant::now(), state.step);
+    let rate_from = state.step;
     let mut grad = vec![0f32; params.len()];
     let mut grad_forward = vec![0f32; params.len()];
     let (mut grad_norm, mut consecutive) = (f64::NAN, 0u64);
@@ -330,15 +407,19 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
     while state.step < steps {
         let lr = train.lr_at(state.step as usize);
         let batch = train.batch_at(state.step as usize);
-        let loss = gradient_step(
+        let mut loss = gradient_step(
             model.as_mut(),
             &train,
-            target.as_ref(),
-            ensemble.as_ref(),
-            batch,
+            (target.as_ref(), ensemble.as_ref()),
+            (batch, shard),
             &mut state.rng,
             (&mut grad, &mut grad_forward),
         )?;
+        if ranks > 1 {
+            let clock = Instant::now();
+            loss = all_reduce_mean(comm, &mut grad, loss);
+            reduce_s += clock.elapsed().as_secs_f64();
+        }
         state.step += 1;
         if loss.is_finite() && grad.iter().all(|g| g.is_finite()) {
             state.adam.set_lr(lr);
@@ -376,8 +457,14 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
             } else {
                 train.eval_batch
             };
-            let [eval_loss, loss_err, ess, acceptance, log_w_var] =
-                evaluate(model.as_ref(), target.as_ref(), n, train.seed, state.step);
+            check_replicas(comm, &params, state.step)?;
+            let [eval_loss, loss_err, ess, acceptance, log_w_var] = evaluate(
+                model.as_ref(),
+                target.as_ref(),
+                n,
+                (train.seed, state.step),
+                comm,
+            )?;
             state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
             state.params.copy_from_slice(&params);
             state.evaluations += 1;
@@ -394,14 +481,18 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
                 state.elapsed_s,
                 steps_per_s,
             ];
-            commit_evaluation(&mut writer, &state, &values)?;
+            if let Some(writer) = writer.as_mut() {
+                commit_evaluation(writer, &state, &values)?;
+            }
             eval_line = format!(" ESS/N {ess:.3} acc {acceptance:.3}");
             tracing::debug!("step {}: loss {eval_loss:.4}{eval_line}", state.step);
         }
         if last || state.step.is_multiple_of(train.checkpoint_every as u64) {
             state.elapsed_s = elapsed_before + session.elapsed().as_secs_f64();
             state.params.copy_from_slice(&params);
-            state.write_atomic(&model_path)?;
+            if comm.is_root() {
+                state.write_atomic(&model_path)?;
+            }
             last_checkpoint = state.step;
         }
         if last || state.step.is_multiple_of(train.eval_every as u64) {
@@ -409,6 +500,18 @@ pub fn run(args: &RunArgs) -> Result<PathBuf> {
         }
     }
     progress.finish_and_clear();
+    if ranks > 1 {
+        let session_s = session.elapsed().as_secs_f64();
+        tracing::info!(
+            "{ranks} ranks x batch {}: all-reduce {:.3} ms per step, {:.2}% of the session",
+            train.batch / ranks,
+            1e3 * reduce_s / (state.step - rate_from).max(1) as f64,
+            100.0 * reduce_s / session_s.max(1e-9)
+        );
+    }
+    if !comm.is_root() {
+        return Ok(dir);
+    }
     tracing::info!(
         "trained {} steps ({} skipped) in {:.2?} this session; wrote {} and {}",
         state.step,
@@ -472,58 +575,62 @@ fn read_ensemble(path: &Path, lattice: &LatticeFile) -> Result<Ensemble> {
     Ok(Ensemble { configs, dim })
 }
 
-/// -(1/B) sum log q on a minibatch drawn uniformly from the ensemble; its gradient into
-/// `grad`.
+/// -(1/b) sum log q on this rank's share of a minibatch of `batch` configurations drawn
+/// uniformly from the ensemble (every rank draws every index); its gradient into `grad`.
 fn forward_nll(
     model: &mut dyn FlowModel,
     ensemble: Option<&Ensemble>,
-    batch: usize,
+    (batch, shard): (usize, Shard),
     rng: &mut Xoshiro256PlusPlus,
     grad: &mut [f32],
 ) -> Result<f64> {
     let data = ensemble.ok_or_else(|| anyhow!("the forward KL needs train.ensemble"))?;
     let n = data.configs.len() / data.dim;
-    let mut x = Vec::with_capacity(batch * data.dim);
-    for _ in 0..batch {
-        let i = rng.random_range(0..n);
+    let indices: Vec<usize> = (0..batch).map(|_| rng.random_range(0..n)).collect();
+    let share = &indices[shard.range(batch)];
+    let mut x = Vec::with_capacity(share.len() * data.dim);
+    for &i in share {
         x.extend_from_slice(&data.configs[i * data.dim..(i + 1) * data.dim]);
     }
     let log_q = model
         .forward_kl_gradient(&x, grad)
         .map_err(|e| anyhow!("{e}"))?;
-    Ok(-log_q.iter().sum::<f64>() / batch as f64)
+    Ok(-log_q.iter().sum::<f64>() / share.len() as f64)
 }
 
-/// The gradient of one step into `grads.0` (scratch in `grads.1`); returns the loss: the
-/// reverse-KL estimate for "reverse" and "mix", the negative log-likelihood for "forward".
+/// The gradient of this rank's share of one step's batch into `grads.0` (scratch in
+/// `grads.1`); returns the share's loss: the reverse-KL estimate for "reverse" and "mix",
+/// the negative log-likelihood for "forward". Every rank draws the noise of the whole batch.
 fn gradient_step(
     model: &mut dyn FlowModel,
     train: &TrainSection,
-    target: &dyn Target,
-    ensemble: Option<&Ensemble>,
-    batch: usize,
+    (target, ensemble): (&dyn Target, Option<&Ensemble>),
+    (batch, shard): (usize, Shard),
     rng: &mut Xoshiro256PlusPlus,
     grads: (&mut [f32], &mut [f32]),
 ) -> Result<f64> {
     let (grad, forward) = grads;
     match train.objective {
         Objective::Forward => {
-            let nll = forward_nll(model, ensemble, batch, rng, forward)?;
+            let nll = forward_nll(model, ensemble, (batch, shard), rng, forward)?;
             grad.copy_from_slice(forward);
             Ok(nll)
         }
         Objective::Reverse | Objective::Mix => {
+            let dim = model.dim();
+            let z = model.draw_prior(batch, rng);
+            let share = shard.range(batch);
             let (actions, log_q) = model
-                .reverse_kl_gradient(target, batch, rng, grad)
+                .reverse_kl_gradient_at(target, &z[share.start * dim..share.end * dim], grad)
                 .map_err(|e| anyhow!("{e}"))?;
             let loss = actions
                 .iter()
                 .zip(&log_q)
                 .map(|(s, lq)| s + lq)
                 .sum::<f64>()
-                / batch as f64;
+                / actions.len() as f64;
             if matches!(train.objective, Objective::Mix) {
-                forward_nll(model, ensemble, batch, rng, forward)?;
+                forward_nll(model, ensemble, (batch, shard), rng, forward)?;
                 let a = train.forward_weight as f32;
                 for (g, f) in grad.iter_mut().zip(forward.iter()) {
                     *g = (1.0 - a) * *g + a * f;
@@ -532,6 +639,18 @@ fn gradient_step(
             Ok(loss)
         }
     }
+}
+
+/// The mean over ranks of every rank's gradient (in place) and loss (returned): equal shares
+/// make it the gradient and loss of the whole batch.
+fn all_reduce_mean(comm: &dyn Communicator, grad: &mut [f32], loss: f64) -> f64 {
+    let ranks = comm.size();
+    comm.all_reduce_sum_f32(grad);
+    let scale = 1.0 / ranks as f32;
+    grad.iter_mut().for_each(|g| *g *= scale);
+    let mut loss = [loss];
+    comm.all_reduce_sum_f64(&mut loss);
+    loss[0] / ranks as f64
 }
 
 /// Appends one evaluation to train.h5 with the state after it as the checkpoint.
