@@ -269,14 +269,6 @@ impl<T: Real> Trainer<T> {
         batch: usize,
         rng: &mut R,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let shape = self.flow.config().shape;
-        if target.shape() != shape {
-            return Err(FlowError::TargetMismatch {
-                theory: target.theory(),
-                target: target.shape(),
-                flow: shape,
-            });
-        }
         if batch < 2 {
             return Err(FlowError::InvalidConfig {
                 name: "batch",

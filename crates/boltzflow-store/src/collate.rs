@@ -9,9 +9,10 @@ use crate::{Block, Checkpoint, EnsembleReader, EnsembleWriter, Layout, Result, S
 ///
 /// Every part must have the same series, vectors and configuration shape and the same number
 /// of committed draws (a finished run; a run stopped part way is resumed first). The result
-/// carries part 0's metadata, and as its checkpoint the parts' chain states, so it can itself be
-/// continued by a single process. It is written to `<out>.collating` and renamed, so `out`
-/// is never a half-written file. `block` draws are copied per commit.
+/// carries part 0's metadata, and as its checkpoint the parts' chain states (for an MCMC
+/// ensemble, enough for a single process to continue it with `--resume`). It is written to
+/// `<out>.collating` and renamed, so `out` is never a half-written file. `block` draws are
+/// copied per commit.
 pub fn collate(parts: &[PathBuf], out: &Path, block: usize) -> Result<()> {
     let readers = parts
         .iter()

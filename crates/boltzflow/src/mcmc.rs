@@ -23,7 +23,7 @@ use boltzflow_mcmc::{BlockData, ChainState, Chains};
 use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, EnsembleWriter, Layout};
 
 use crate::config::Loaded;
-use crate::output::{self, RunArgs, Shard, lock_output, rank_path, run_meta, same_run};
+use crate::output::{self, RunArgs, Shard, lock_output, rank_file, run_meta, same_run};
 
 /// Runs the chains (this rank's share of them) and returns the path of the ensemble file.
 pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
@@ -45,17 +45,7 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
         .out
         .clone()
         .unwrap_or_else(|| default_out(&args.config));
-    if ranks > 1 && comm.is_root() && collated.exists() && !args.resume && !args.force {
-        bail!(
-            "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
-            collated.display()
-        );
-    }
-    let out = if ranks > 1 {
-        rank_path(&collated, comm.rank())
-    } else {
-        collated.clone()
-    };
+    let out = rank_file(comm, &collated, args)?;
     let layout = Layout {
         chains: local.chains,
         config_shape: mcmc.store_configs.then(|| chains.target().shape()),

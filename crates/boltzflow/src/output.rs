@@ -74,6 +74,22 @@ pub fn rank_path(out: &Path, rank: usize) -> PathBuf {
     out.with_file_name(format!("{stem}.rank{rank}.{ext}"))
 }
 
+/// The file this process writes for the output `collated`: `collated` itself on one process,
+/// its [`rank_path`] on several, where `collated` is the file rank 0 collates at the end and
+/// must not exist unless the run resumes or overwrites it.
+pub fn rank_file(comm: &dyn Communicator, collated: &Path, args: &RunArgs) -> Result<PathBuf> {
+    if comm.size() == 1 {
+        return Ok(collated.to_path_buf());
+    }
+    if collated.exists() && !args.resume && !args.force {
+        bail!(
+            "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
+            collated.display()
+        );
+    }
+    Ok(rank_path(collated, comm.rank()))
+}
+
 /// The target's parameters as JSON, with phi^4 couplings in both parametrisations.
 pub fn parameters(spec: &TargetSpec) -> String {
     let mut value = serde_json::to_value(spec).unwrap_or_default();

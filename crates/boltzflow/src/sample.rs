@@ -24,8 +24,8 @@
 //! With `sample.z2_mixture` the proposals come from the Z2-symmetrised flow q_s(x) =
 //! [q(x) + q(-x)] / 2 (see [`Proposer`]) and `log_q` holds log q_s.
 //!
-//! Under `mpirun -np R` the `sample.samples` draws are split over the ranks (contiguous
-//! shares, sizes differing by at most one); rank r draws from its own streams of
+//! Under `mpirun -np R` the `sample.samples` draws (a multiple of R) are split evenly over
+//! the ranks; rank r draws from its own streams of
 //! `sample.seed` (the single-process streams advanced by r jumps of 2^128), runs its own
 //! Metropolis chain and writes `<out stem>.rank<r>.h5`; at the end the ranks reduce the
 //! global ESS/N and ln Z (logged), and rank 0 collates the rank files into `--out`, one chain
@@ -50,7 +50,7 @@ use boltzflow_store::{Block, ChainCheckpoint, Checkpoint, EnsembleReader, Ensemb
 use boltzflow_targets::LatticeFile;
 
 use crate::config::Loaded;
-use crate::output::{self, RunArgs, Shard, lock_output, rank_path, run_meta, same_run};
+use crate::output::{self, RunArgs, lock_output, rank_file, run_meta, same_run};
 use crate::train::{self, ModelFile, lattice_summary};
 
 /// The independence Metropolis-Hastings series.
@@ -119,14 +119,13 @@ pub fn run(args: &SampleArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     let loaded = Loaded::read(&args.run.config, &args.run.overrides)?;
     let sample = loaded.sampling(&args.run.config)?;
     let ranks = comm.size();
-    let samples = Shard::of(comm).range(sample.samples).len();
-    if samples < 1 {
+    if !sample.samples.is_multiple_of(ranks) {
         bail!(
-            "sample.samples = {} leaves rank {} without samples; draw at least one per rank",
-            sample.samples,
-            comm.rank()
+            "sample.samples = {} does not split evenly over {ranks} ranks (the collated file has one chain of equal length per rank); use a multiple of {ranks}",
+            sample.samples
         );
     }
+    let samples = sample.samples / ranks;
     train::flow_shape(&loaded.lattice.target, &args.run.config)?;
     let model = ModelFile::read(&args.model)?;
     let model_lattice = LatticeFile::parse(&model.lattice)
@@ -179,17 +178,7 @@ pub fn run(args: &SampleArgs, comm: &dyn Communicator) -> Result<PathBuf> {
         let dir = train::default_dir(&args.run.config);
         dir.with_extension("h5")
     });
-    if ranks > 1 && comm.is_root() && collated.exists() && !args.run.resume && !args.run.force {
-        bail!(
-            "{} already exists; pass --resume to continue it, --force to overwrite it, or choose another --out",
-            collated.display()
-        );
-    }
-    let out = if ranks > 1 {
-        rank_path(&collated, comm.rank())
-    } else {
-        collated.clone()
-    };
+    let out = rank_file(comm, &collated, &args.run)?;
 
     let _lock = lock_output(&out)?;
     let mut generators = Generators::of(sample.seed, comm.rank());

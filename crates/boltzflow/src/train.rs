@@ -390,8 +390,9 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     let mut params = state.params.clone();
     let progress = output::progress_bar(steps, "steps", args.quiet || !comm.is_root());
     let shard = Shard::of(comm);
-    // Seconds spent in the all-reduce of gradients and losses this session.
-    let mut reduce_s = 0.0;
+    // Seconds spent waiting for the other ranks, and in the all-reduce of gradients and losses,
+    // this session.
+    let (mut wait_s, mut reduce_s) = (0.0, 0.0);
     progress.set_position(state.step);
     let session = Instant::now();
     let elapsed_before = state.elapsed_s;
@@ -416,9 +417,13 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
             (&mut grad, &mut grad_forward),
         )?;
         if ranks > 1 {
+            // The barrier separates waiting for the slowest rank from the reduction itself.
             let clock = Instant::now();
+            comm.barrier();
+            let reached = Instant::now();
             loss = all_reduce_mean(comm, &mut grad, loss);
-            reduce_s += clock.elapsed().as_secs_f64();
+            wait_s += (reached - clock).as_secs_f64();
+            reduce_s += reached.elapsed().as_secs_f64();
         }
         state.step += 1;
         if loss.is_finite() && grad.iter().all(|g| g.is_finite()) {
@@ -502,11 +507,15 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     progress.finish_and_clear();
     if ranks > 1 {
         let session_s = session.elapsed().as_secs_f64();
+        let per_step = 1e3 / (state.step - rate_from).max(1) as f64;
         tracing::info!(
-            "{ranks} ranks x batch {}: all-reduce {:.3} ms per step, {:.2}% of the session",
+            "rank {} of {ranks}, batch {} per rank: all-reduce {:.3} ms per step ({:.2}% of the session), waiting for other ranks {:.3} ms per step ({:.2}%)",
+            comm.rank(),
             train.batch / ranks,
-            1e3 * reduce_s / (state.step - rate_from).max(1) as f64,
-            100.0 * reduce_s / session_s.max(1e-9)
+            reduce_s * per_step,
+            100.0 * reduce_s / session_s.max(1e-9),
+            wait_s * per_step,
+            100.0 * wait_s / session_s.max(1e-9)
         );
     }
     if !comm.is_root() {

@@ -313,6 +313,26 @@ fn distributed_mcmc_collates_to_the_single_process_ensemble() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("mcmc.chains = 1 is fewer than the 2 ranks")
     );
+    // Samples that do not split evenly over the ranks: refused before anything is read.
+    let mut cmd = mpirun(
+        2,
+        &[
+            "sample",
+            s(&config),
+            "--model",
+            "none.json",
+            "--out",
+            s(&dir.path().join("y.h5")),
+        ],
+    );
+    cmd.args(["--set", "sample.samples=6001"]);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not split evenly over 2 ranks"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The pids of the ranks of a job whose command line names `needle`, by rank.
