@@ -714,11 +714,15 @@ fn print_train(r: &Report) {
 
 /// The table of a sample file: reweighted and MH-chain estimates side by side.
 fn print_sample(r: &Report) {
+    let draws = if r.chains > 1 {
+        format!("{} chains (ranks) x {} draws", r.chains, r.draws)
+    } else {
+        format!("{} draws", r.draws)
+    };
     println!(
-        "{}: {} flow samples, {} draws, ESS/N {:.4}",
+        "{}: {} flow samples, {draws}, ESS/N {:.4}",
         r.file,
         r.theory,
-        r.draws,
         r.ess.unwrap_or(f64::NAN)
     );
     if let Some(z) = &r.ln_z {
