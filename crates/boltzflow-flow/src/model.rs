@@ -53,13 +53,7 @@ pub trait FlowModel: Send {
         rng: &mut Xoshiro256PlusPlus,
         grad: &mut [f32],
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        if batch < 2 {
-            return Err(FlowError::InvalidConfig {
-                name: "batch",
-                value: batch.to_string(),
-                fix: "use a batch of at least 2 samples (64 in the tutorial)",
-            });
-        }
+        crate::train::check_batch(batch)?;
         let z = self.draw_prior(batch, rng);
         self.reverse_kl_gradient_at(target, &z, grad)
     }

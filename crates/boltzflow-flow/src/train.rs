@@ -231,6 +231,18 @@ pub fn mh_acceptance(log_w: &[f64]) -> f64 {
     2.0 * pairs / ((n - 1) as f64 * total)
 }
 
+/// A reverse-KL batch needs at least two samples (the loss's variance and ESS need them).
+pub(crate) fn check_batch(batch: usize) -> Result<()> {
+    if batch < 2 {
+        return Err(FlowError::InvalidConfig {
+            name: "batch",
+            value: batch.to_string(),
+            fix: "use a batch of at least 2 samples (64 in the tutorial)",
+        });
+    }
+    Ok(())
+}
+
 /// A flow with its optimiser: reverse-KL training by Adam.
 #[derive(Debug)]
 pub struct Trainer<T: Real = f32> {
@@ -269,13 +281,7 @@ impl<T: Real> Trainer<T> {
         batch: usize,
         rng: &mut R,
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        if batch < 2 {
-            return Err(FlowError::InvalidConfig {
-                name: "batch",
-                value: batch.to_string(),
-                fix: "use a batch of at least 2 samples (64 in the tutorial)",
-            });
-        }
+        check_batch(batch)?;
         let z = self.flow.draw_prior(batch, rng);
         self.reverse_kl_gradient_at(target, &z)
     }
