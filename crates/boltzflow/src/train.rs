@@ -281,7 +281,7 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     let ranks = comm.size();
     let batches = std::iter::once(train.batch).chain(train.batch_schedule.iter().map(|[_, b]| *b));
     for b in batches {
-        if !b.is_multiple_of(ranks) || b / ranks < 1 {
+        if !b.is_multiple_of(ranks) {
             bail!(
                 "the training batch {b} (train.batch or train.batch_schedule) does not split evenly over {ranks} ranks; use a multiple of {ranks} or another number of ranks"
             );

@@ -102,14 +102,14 @@ fn max_rel_diff(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// 2 ranks x batch 16 give the parameters of 1 process x batch 32 after 40 Adam steps, to f32
-/// rounding of the gradient sums (native kernels; and the burn engine with MLP conditioners);
+/// rounding of the gradient sums (1e-5 relative; measured 5e-7 native, 4e-8 burn with MLPs);
 /// a run started on 2 ranks and resumed on 1 ends where the 1-process run ends.
 #[test]
 fn data_parallel_training_equals_one_process_on_the_whole_batch() {
     let _serial = serial();
     for (engine, extra, tol) in [
         ("native", "", 1e-5),
-        ("burn", "conditioner = \"mlp\"\nhidden = [16]\n", 1e-4),
+        ("burn", "conditioner = \"mlp\"\nhidden = [16]\n", 1e-5),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let recipe = FLOW.replace(
@@ -128,6 +128,7 @@ fn data_parallel_training_equals_one_process_on_the_whole_batch() {
         ok(mpirun(2, &["train", s(&config), "--out", s(&two)]));
         let (p1, p2) = (params(&one), params(&two));
         let diff = max_rel_diff(&p1, &p2);
+        eprintln!("{engine}: 2 ranks vs 1 process, largest relative parameter difference {diff:e}");
         assert!(
             diff < tol,
             "{engine}: 2 ranks differ from 1 process by {diff:e} (tolerance {tol:e})"
