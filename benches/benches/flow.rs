@@ -5,15 +5,22 @@
 //! action and force, backward, Adam; throughput in steps) and sampling with log q (throughput
 //! in samples). Alongside: the spline model of `configs/flow_phi4_L8_spline.toml` (8 layers,
 //! K = 4, fewer parameters than the affine model) on the native kernels, and both models on
-//! the burn engine (ndarray backend, autodiff).
+//! the burn engine (ndarray backend, autodiff). And the gauge-equivariant U(1) flows of
+//! `configs/flow_u1_L8_b2.toml` (16 layers, conv net [8, 8] on (cos P, sin P); NCP mixtures of
+//! 2 as in the tutorial, or circular splines with 8 bins) at beta = 2 on L = 8 and 16:
+//! reverse-KL gradients at batch 64 and sampling with log q.
 
 use std::hint::black_box;
 
 use boltzflow_burn::{BurnModel, CpuBackend, FlowConfig, Transform};
 use boltzflow_flow::flow::NativeCoupling;
-use boltzflow_flow::{AdamConfig, AffineFlow, AffineFlowConfig, FlowModel, Trainer};
+use boltzflow_flow::{
+    AdamConfig, AffineFlow, AffineFlowConfig, CircleMap, FlowModel, GaugeFlow, GaugeFlowConfig,
+    Trainer,
+};
 use boltzflow_targets::TargetSpec;
 use boltzflow_targets::phi4::{Phi4, Phi4Spec};
+use boltzflow_targets::u1::{U1, U1Spec};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::SeedableRng;
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -169,8 +176,46 @@ fn native_z2(c: &mut Criterion) {
     g.finish();
 }
 
+/// The gauge-equivariant U(1) flows (NCP and circular spline) at beta = 2.
+fn gauge(c: &mut Criterion) {
+    let mut g = c.benchmark_group("flow_gauge");
+    for (name, circle, l) in [
+        ("ncp2", CircleMap::Ncp { mix: 2 }, 8),
+        ("spline8", CircleMap::Spline { bins: 8 }, 8),
+        ("spline8", CircleMap::Spline { bins: 8 }, 16),
+    ] {
+        let target = U1::new(&U1Spec {
+            shape: vec![l as i64, l as i64],
+            beta: 2.0,
+        })
+        .expect("valid U(1) spec");
+        let config = GaugeFlowConfig {
+            circle,
+            ..GaugeFlowConfig::tutorial([l, l], 1)
+        };
+        let mut flow = GaugeFlow::<f32>::new(&config).expect("gauge flow");
+        let mut grad = vec![0f32; flow.params().len()];
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(2);
+        g.throughput(Throughput::Elements(1));
+        g.bench_function(format!("reverse_kl_gradient_{name}_L{l}_b64"), |b| {
+            b.iter(|| {
+                black_box(
+                    FlowModel::reverse_kl_gradient(&mut flow, &target, BATCH, &mut rng, &mut grad)
+                        .expect("gradient"),
+                )
+            })
+        });
+        g.throughput(Throughput::Elements(BATCH as u64));
+        g.bench_function(format!("sample_with_log_q_{name}_L{l}_b64"), |b| {
+            b.iter(|| black_box(FlowModel::sample(&flow, BATCH, &mut rng)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    gauge,
     training,
     sampling,
     native_spline,

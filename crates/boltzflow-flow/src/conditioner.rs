@@ -66,7 +66,19 @@ impl ConvNet {
     /// 1 -> hidden[0] -> ... -> hidden[n-1] -> `outputs` channels, K^2 = `taps`, with a
     /// final tanh when `final_tanh`.
     pub fn new(hidden: &[usize], taps: usize, outputs: usize, final_tanh: bool) -> Self {
-        let mut channels = vec![1];
+        Self::with_inputs(1, hidden, taps, outputs, final_tanh)
+    }
+
+    /// [`ConvNet::new`] with `inputs` input channels (e.g. 2 for the (cos, sin) of the
+    /// frozen plaquettes of a gauge-equivariant layer).
+    pub fn with_inputs(
+        inputs: usize,
+        hidden: &[usize],
+        taps: usize,
+        outputs: usize,
+        final_tanh: bool,
+    ) -> Self {
+        let mut channels = vec![inputs];
         channels.extend_from_slice(hidden);
         channels.push(outputs);
         let convs: Vec<Conv2d> = channels
@@ -151,6 +163,59 @@ impl ConvNet {
         fan
     }
 
+    /// Parameters of `layers` nets with PyTorch's default conv initialisation, seeded: weights
+    /// and biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), except that each net's output conv
+    /// starts near the identity transform: weights scaled by `near_identity`, biases set to
+    /// `identity` (the transform's raw parameters of the identity map). Returns the flat
+    /// vector and its named groups (`layer{l}.conv{i}.weight` / `.bias`).
+    pub fn init_layers<T: Real>(
+        &self,
+        layers: usize,
+        seed: u64,
+        near_identity: f64,
+        identity: &[f64],
+    ) -> (Vec<T>, Vec<ParamGroup>) {
+        use rand::{RngExt, SeedableRng};
+        let fan_in = self.fan_in();
+        let mut rng = rand_xoshiro::Xoshiro256PlusPlus::seed_from_u64(seed);
+        let mut params = Vec::with_capacity(layers * self.param_len);
+        let mut groups = Vec::new();
+        let last = self.convs.len() - 1;
+        for l in 0..layers {
+            let base = params.len();
+            groups.extend(self.param_groups(&format!("layer{l}"), base));
+            for &fan in &fan_in {
+                let bound = 1.0 / (fan as f64).sqrt();
+                params.push(T::from_f64(bound * (2.0 * rng.random::<f64>() - 1.0)));
+            }
+            let w = self.weight_range(last);
+            for p in &mut params[base + w.start..base + w.end] {
+                *p = T::from_f64(near_identity * p.to_f64());
+            }
+            let b = self.bias_range(last);
+            for (p, &id) in params[base + b.start..base + b.end]
+                .iter_mut()
+                .zip(identity)
+            {
+                *p = T::from_f64(id);
+            }
+        }
+        (params, groups)
+    }
+
+    /// [`ConvNet::transpose_weights`] of every one of the nets stored back to back in
+    /// `params` (for the backward pass), `[params.len()]`.
+    pub fn transpose_layers<T: Real>(&self, params: &[T]) -> Vec<T> {
+        let mut weights_t = vec![T::ZERO; params.len()];
+        for (p, w) in params
+            .chunks_exact(self.param_len)
+            .zip(weights_t.chunks_exact_mut(self.param_len))
+        {
+            self.transpose_weights(p, w);
+        }
+        weights_t
+    }
+
     /// Allocates the activation buffers of one forward pass: `[c_out_i, V, lanes]` per conv.
     pub fn activations<T: Real>(&self, volume: usize, lanes: usize) -> Vec<Vec<T>> {
         self.convs
@@ -171,7 +236,7 @@ impl ConvNet {
     /// Forward pass: `activations[i]` receives h_(i+1) (post-activation); the last one holds
     /// (s, t) on the `active` sites.
     ///
-    /// Shapes: `params` `[param_len]`, `masked` `[1, V, lanes]`.
+    /// Shapes: `params` `[param_len]`, `masked` `[inputs, V, lanes]`.
     pub fn forward<T: Real>(
         &self,
         stencil: &Stencil,
@@ -221,9 +286,9 @@ impl ConvNet {
         }
     }
 
-    /// Backward pass. On entry `grad_out` (`[2, V, lanes]`) holds dL/d(s, t) on the active
-    /// sites and zero elsewhere; it is used as scratch. Accumulates dL/d params into
-    /// `grad_params` and *adds* dL/dm on the `frozen` sites into `grad_masked` (`[1, V,
+    /// Backward pass. On entry `grad_out` (`[outputs, V, lanes]`) holds dL/d(output) on the
+    /// active sites and zero elsewhere; it is used as scratch. Accumulates dL/d params into
+    /// `grad_params` and *adds* dL/dm on the `frozen` sites into `grad_masked` (`[inputs, V,
     /// lanes]`). `weights_t` comes from [`ConvNet::transpose_weights`].
     ///
     /// The LeakyReLU and tanh derivatives are taken from the saved outputs:
@@ -284,12 +349,17 @@ impl ConvNet {
             conv.backward_params(stencil, input, grad_pre, lanes, sites, gw, gb);
             let weight_t = &weights_t[self.weight_range(i)];
             if i == 0 {
-                let g_in = &mut next[..plane];
+                let g_in = &mut next[..conv.c_in * plane];
                 conv.backward_input(stencil, weight_t, grad_pre, lanes, frozen, g_in);
-                for &site in frozen {
-                    let r = site as usize * lanes..(site as usize + 1) * lanes;
-                    for (gm, &g) in grad_masked[r.clone()].iter_mut().zip(&g_in[r]) {
-                        *gm += g;
+                for (gm, g_in) in grad_masked
+                    .chunks_exact_mut(plane)
+                    .zip(g_in.chunks_exact(plane))
+                {
+                    for &site in frozen {
+                        let r = site as usize * lanes..(site as usize + 1) * lanes;
+                        for (gm, &g) in gm[r.clone()].iter_mut().zip(&g_in[r]) {
+                            *gm += g;
+                        }
                     }
                 }
             } else {

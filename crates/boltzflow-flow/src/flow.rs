@@ -33,9 +33,8 @@
 
 use std::sync::Mutex;
 
-use rand::{Rng, RngExt, SeedableRng};
+use rand::{Rng, RngExt};
 use rand_distr::StandardNormal;
-use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -54,13 +53,13 @@ pub const NEAR_IDENTITY: f64 = 0.01;
 /// Samples per workspace chunk (the unit of parallelism and of the gradient reduction).
 pub const CHUNK_LANES: usize = 32;
 
-fn default_layers() -> usize {
+pub(crate) fn default_layers() -> usize {
     16
 }
-fn default_hidden() -> Vec<usize> {
+pub(crate) fn default_hidden() -> Vec<usize> {
     vec![8, 8]
 }
-fn default_kernel() -> usize {
+pub(crate) fn default_kernel() -> usize {
     3
 }
 
@@ -268,20 +267,11 @@ impl<T: Real> AffineFlow<T> {
     /// that each net's output conv starts near the identity transform (weights scaled by
     /// [`NEAR_IDENTITY`], biases at the identity's raw parameters).
     pub fn new(config: &AffineFlowConfig) -> Result<Self> {
-        if config.layers == 0 {
-            return Err(FlowError::InvalidConfig {
-                name: "layers",
-                value: "0".into(),
-                fix: "use at least one coupling layer (2 to cover both checkerboard parities)",
-            });
-        }
-        if config.hidden.contains(&0) {
-            return Err(FlowError::InvalidConfig {
-                name: "hidden",
-                value: format!("{:?}", config.hidden),
-                fix: "every hidden layer needs at least one channel, e.g. hidden = [8, 8]",
-            });
-        }
+        check_architecture(
+            config.layers,
+            &config.hidden,
+            "use at least one coupling layer (2 to cover both checkerboard parities)",
+        )?;
         if let NativeCoupling::Spline { bins, bound } = config.coupling {
             if !(2..=crate::spline::MAX_BINS).contains(&bins) {
                 return Err(FlowError::InvalidConfig {
@@ -306,32 +296,12 @@ impl<T: Real> AffineFlow<T> {
             outputs,
             config.coupling.is_affine(),
         );
-        let fan_in = net.fan_in();
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(config.seed);
-        let mut params = Vec::with_capacity(config.layers * net.param_len());
-        let mut groups = Vec::new();
-        let last = net.convs().len() - 1;
-        let identity = config.coupling.identity();
-        for l in 0..config.layers {
-            let base = params.len();
-            groups.extend(net.param_groups(&format!("layer{l}"), base));
-            for &fan in &fan_in {
-                let bound = 1.0 / (fan as f64).sqrt();
-                params.push(T::from_f64(bound * (2.0 * rng.random::<f64>() - 1.0)));
-            }
-            // Every layer starts near the identity: small output weights, identity biases.
-            for w in
-                &mut params[base + net.weight_range(last).start..base + net.weight_range(last).end]
-            {
-                *w = T::from_f64(NEAR_IDENTITY * w.to_f64());
-            }
-            for (j, b) in params[base + net.bias_range(last).start..base + net.bias_range(last).end]
-                .iter_mut()
-                .enumerate()
-            {
-                *b = T::from_f64(identity[j]);
-            }
-        }
+        let (params, groups) = net.init_layers(
+            config.layers,
+            config.seed,
+            NEAR_IDENTITY,
+            &config.coupling.identity(),
+        );
         Ok(Self {
             config: config.clone(),
             stencil,
@@ -456,60 +426,23 @@ impl<T: Real> AffineFlow<T> {
     where
         F: Fn(&Self, &mut Workspace<T>, &[T]) -> (Vec<T>, Vec<f64>) + Sync,
     {
-        let results = self.map_chunks(input, |flow, ws, chunk| f(flow, ws, chunk));
-        let mut configs = Vec::with_capacity(input.len());
-        let mut values = Vec::with_capacity(input.len() / self.volume());
-        for (c, v) in results {
-            configs.extend(c);
-            values.extend(v);
-        }
-        (configs, values)
+        concat_chunks(self.map_chunks(input, f), input.len())
     }
 
     /// Runs `f` on chunks of [`CHUNK_LANES`] configurations of `input` in parallel; results in
-    /// chunk order. One workspace per rayon thread (at most), workspace w taking chunks w,
-    /// w + W, w + 2W, ...; results depend only on the chunk, not on the assignment.
+    /// chunk order (see [`map_chunks`]).
     fn map_chunks<R, F>(&self, input: &[T], f: F) -> Vec<R>
     where
         R: Send,
         F: Fn(&Self, &mut Workspace<T>, &[T]) -> R + Sync,
     {
-        let v = self.volume();
-        let chunks: Vec<&[T]> = input.chunks(CHUNK_LANES * v).collect();
-        let n_workspaces = chunks.len().min(rayon::current_num_threads()).max(1);
-        let mut workspaces: Vec<Workspace<T>> = {
-            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
-            let take = n_workspaces.min(pool.len());
-            pool.drain(..take).collect()
-        };
-        while workspaces.len() < n_workspaces {
-            workspaces.push(Workspace::new(self, CHUNK_LANES));
-        }
-        let results = if n_workspaces == 1 {
-            chunks
-                .iter()
-                .map(|c| f(self, &mut workspaces[0], c))
-                .collect()
-        } else {
-            let per_workspace: Vec<Vec<(usize, R)>> = workspaces
-                .par_iter_mut()
-                .enumerate()
-                .map(|(w, ws)| {
-                    (w..chunks.len())
-                        .step_by(n_workspaces)
-                        .map(|c| (c, f(self, ws, chunks[c])))
-                        .collect()
-                })
-                .collect();
-            let mut indexed: Vec<(usize, R)> = per_workspace.into_iter().flatten().collect();
-            indexed.sort_by_key(|(c, _)| *c);
-            indexed.into_iter().map(|(_, r)| r).collect()
-        };
-        self.pool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(workspaces);
-        results
+        map_chunks(
+            input,
+            CHUNK_LANES * self.volume(),
+            &self.pool,
+            || Workspace::new(self, CHUNK_LANES),
+            |ws, chunk| f(self, ws, chunk),
+        )
     }
 
     /// Parameters of layer l's conditioner.
@@ -897,15 +830,7 @@ impl<T: Real> AffineFlow<T> {
 
     /// Transposed conv kernels of every layer (for the backward pass), `[params().len()]`.
     pub(crate) fn transposed_weights(&self) -> Vec<T> {
-        let mut weights_t = vec![T::ZERO; self.params.len()];
-        let np = self.net.param_len();
-        for l in 0..self.config.layers {
-            self.net.transpose_weights(
-                &self.params[l * np..(l + 1) * np],
-                &mut weights_t[l * np..(l + 1) * np],
-            );
-        }
-        weights_t
+        self.net.transpose_layers(&self.params)
     }
 
     /// Reverse-KL loss pieces and gradient for the prior draws `z` (`[B, V]`):
@@ -922,21 +847,118 @@ impl<T: Real> AffineFlow<T> {
             let out = flow.chunk_reverse_kl(ws, chunk, target, &weights_t, batch);
             (out, ws.grad_params.clone())
         });
-        grad.fill(T::ZERO);
-        let (mut actions, mut log_det) = (Vec::with_capacity(batch), Vec::with_capacity(batch));
-        for ((s, ld), g) in results {
-            actions.extend(s);
-            log_det.extend(ld);
-            for (acc, g) in grad.iter_mut().zip(g) {
-                *acc += g;
-            }
-        }
-        (actions, log_det)
+        sum_chunk_gradients(results, grad)
     }
 }
 
 /// Two distinct field slots of length `plane`: (slot a, slot b) as (shared, mutable).
-fn two_slots<T>(fields: &mut [T], plane: usize, a: usize, b: usize) -> (&[T], &mut [T]) {
+/// Runs `f` on the chunks of `chunk_len` elements of `input` in parallel (rayon), one
+/// workspace per thread at most: taken from `pool` (or made by `make`) and put back after.
+/// Workspace w takes chunks w, w + W, w + 2W, ...; results come in chunk order and depend only
+/// on the chunk, not on the assignment or the number of threads.
+pub(crate) fn map_chunks<T, W, R, F>(
+    input: &[T],
+    chunk_len: usize,
+    pool: &Mutex<Vec<W>>,
+    make: impl Fn() -> W,
+    f: F,
+) -> Vec<R>
+where
+    T: Sync,
+    W: Send,
+    R: Send,
+    F: Fn(&mut W, &[T]) -> R + Sync,
+{
+    let chunks: Vec<&[T]> = input.chunks(chunk_len).collect();
+    let n_workspaces = chunks.len().min(rayon::current_num_threads()).max(1);
+    let mut workspaces: Vec<W> = {
+        let mut pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        let take = n_workspaces.min(pool.len());
+        pool.drain(..take).collect()
+    };
+    while workspaces.len() < n_workspaces {
+        workspaces.push(make());
+    }
+    let results = if n_workspaces == 1 {
+        chunks.iter().map(|c| f(&mut workspaces[0], c)).collect()
+    } else {
+        let per_workspace: Vec<Vec<(usize, R)>> = workspaces
+            .par_iter_mut()
+            .enumerate()
+            .map(|(w, ws)| {
+                (w..chunks.len())
+                    .step_by(n_workspaces)
+                    .map(|c| (c, f(ws, chunks[c])))
+                    .collect()
+            })
+            .collect();
+        let mut indexed: Vec<(usize, R)> = per_workspace.into_iter().flatten().collect();
+        indexed.sort_by_key(|(c, _)| *c);
+        indexed.into_iter().map(|(_, r)| r).collect()
+    };
+    pool.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(workspaces);
+    results
+}
+
+/// (S, log|det J|) per sample of one chunk.
+pub(crate) type PerSample = (Vec<f64>, Vec<f64>);
+
+/// The per-chunk ((S, log|det J|) per sample, parameter gradient) of a batch: concatenates the
+/// per-sample values and sums the gradients into `grad`.
+pub(crate) fn sum_chunk_gradients<T: Real>(
+    results: Vec<(PerSample, Vec<T>)>,
+    grad: &mut [T],
+) -> (Vec<f64>, Vec<f64>) {
+    grad.fill(T::ZERO);
+    let (mut actions, mut log_det) = (Vec::new(), Vec::new());
+    for ((s, ld), g) in results {
+        actions.extend(s);
+        log_det.extend(ld);
+        for (acc, g) in grad.iter_mut().zip(g) {
+            *acc += g;
+        }
+    }
+    (actions, log_det)
+}
+
+/// Refuses an empty stack or a hidden layer without channels.
+pub(crate) fn check_architecture(
+    layers: usize,
+    hidden: &[usize],
+    fix_layers: &'static str,
+) -> Result<()> {
+    if layers == 0 {
+        return Err(FlowError::InvalidConfig {
+            name: "layers",
+            value: "0".into(),
+            fix: fix_layers,
+        });
+    }
+    if hidden.contains(&0) {
+        return Err(FlowError::InvalidConfig {
+            name: "hidden",
+            value: format!("{hidden:?}"),
+            fix: "every hidden layer needs at least one channel, e.g. hidden = [8, 8]",
+        });
+    }
+    Ok(())
+}
+
+/// Concatenates per-chunk (configurations, per-sample values) of an input of `len` elements.
+pub(crate) fn concat_chunks<T>(results: Vec<(Vec<T>, Vec<f64>)>, len: usize) -> (Vec<T>, Vec<f64>) {
+    let mut configs = Vec::with_capacity(len);
+    let mut values = Vec::new();
+    for (c, v) in results {
+        configs.extend(c);
+        values.extend(v);
+    }
+    (configs, values)
+}
+
+/// Slot `a` (read) and slot `b` (written) of `plane`-sized slots in `fields`.
+pub(crate) fn two_slots<T>(fields: &mut [T], plane: usize, a: usize, b: usize) -> (&[T], &mut [T]) {
     debug_assert_ne!(a, b);
     if a < b {
         let (lo, hi) = fields.split_at_mut(b * plane);
@@ -959,6 +981,8 @@ fn acts_view<'a, T: Real>(acts: &'a mut [Vec<T>], net: &ConvNet, plane: usize) -
 mod tests {
     use super::*;
     use boltzflow_targets::phi4::{Phi4, Phi4Spec};
+    use rand::SeedableRng;
+    use rand_xoshiro::Xoshiro256PlusPlus;
 
     fn config(shape: [usize; 2], layers: usize, seed: u64) -> AffineFlowConfig {
         AffineFlowConfig {

@@ -8,6 +8,8 @@
 //! - [`conditioner`]: the conv net that maps the frozen sites to (s, t).
 //! - [`flow`]: [`AffineFlow`], the composed flow: sampling with log q, forward, inverse,
 //!   log q(x).
+//! - [`gauge`]: [`GaugeFlow`], gauge-equivariant coupling layers for 2D U(1) links (NCP
+//!   mixtures or circular splines on plaquettes, Kanwar et al. 2020).
 //! - [`train`]: Adam and the reverse-KL training step with its metrics (loss, ESS/N,
 //!   independence-Metropolis acceptance).
 //!
@@ -18,6 +20,7 @@ pub mod conditioner;
 pub mod conv;
 pub mod coupling;
 pub mod flow;
+pub mod gauge;
 pub mod model;
 pub mod real;
 pub mod spline;
@@ -25,6 +28,7 @@ pub mod train;
 
 pub use conditioner::ParamGroup;
 pub use flow::{AffineFlow, AffineFlowConfig};
+pub use gauge::{CircleMap, GaugeFlow, GaugeFlowConfig};
 pub use model::FlowModel;
 pub use real::Real;
 pub use train::{Adam, AdamConfig, StepMetrics, Trainer, mh_acceptance};
@@ -53,6 +57,15 @@ pub enum FlowError {
         "target `{theory}` has shape {target:?} but the flow's lattice is {flow:?}: build the flow with the target's shape"
     )]
     TargetMismatch {
+        theory: &'static str,
+        target: Vec<usize>,
+        flow: [usize; 2],
+    },
+    /// A gauge-equivariant flow asked to sample something other than its U(1) lattice.
+    #[error(
+        "target `{theory}` with shape {target:?} is not 2D U(1) on the gauge flow's lattice {flow:?}: build the flow for the target's lattice (links [2, L0, L1])"
+    )]
+    GaugeTargetMismatch {
         theory: &'static str,
         target: Vec<usize>,
         flow: [usize; 2],

@@ -89,39 +89,7 @@ impl Spline {
     }
 
     fn knots(&self, raw: &[f64]) -> Knots {
-        let k = self.bins;
-        debug_assert!((2..=MAX_BINS).contains(&k));
-        let (lo, hi) = (-self.bound, self.bound);
-        let positions = |soft: &[f64; MAX_BINS], p: &mut [f64; MAX_BINS + 1]| {
-            p[0] = lo;
-            let mut c = 0.0;
-            for (i, s) in soft[..k - 1].iter().enumerate() {
-                c += MIN_BIN + (1.0 - k as f64 * MIN_BIN) * s;
-                p[i + 1] = lo + (hi - lo) * c;
-            }
-            p[k] = hi;
-        };
-        let mut knots = Knots {
-            x: [0.0; MAX_BINS + 1],
-            y: [0.0; MAX_BINS + 1],
-            // d_0 = d_K = 1; the inner ones are set below.
-            d: [1.0; MAX_BINS + 1],
-            soft_w: [0.0; MAX_BINS],
-            soft_h: [0.0; MAX_BINS],
-        };
-        softmax(&raw[..k], &mut knots.soft_w);
-        softmax(&raw[k..2 * k], &mut knots.soft_h);
-        positions(&knots.soft_w, &mut knots.x);
-        positions(&knots.soft_h, &mut knots.y);
-        for (i, &r) in raw[2 * k..3 * k - 1].iter().enumerate() {
-            knots.d[i + 1] = MIN_DERIVATIVE + softplus(r);
-        }
-        knots
-    }
-
-    /// Bin of `v` among `knots` (number of inner knots <= v).
-    fn locate(&self, v: f64, knots: &[f64]) -> usize {
-        knots[1..self.bins].iter().filter(|&&k| v >= k).count()
+        knots(self.bins, (-self.bound, self.bound), raw, false)
     }
 
     /// y = f(x) and log|dy/dx|.
@@ -129,9 +97,7 @@ impl Spline {
         if x.abs() > self.bound || x.is_nan() {
             return (x, 0.0);
         }
-        let knots = self.knots(raw);
-        let k = self.locate(x, &knots.x);
-        rq(x, local(&knots, k).map(|v| v.v))
+        evaluate(self.bins, &self.knots(raw), x)
     }
 
     /// x = f^-1(y) and log|dx/dy|.
@@ -140,21 +106,8 @@ impl Spline {
             return (y, 0.0);
         }
         let knots = self.knots(raw);
-        let k = self.locate(y, &knots.y);
-        let (xk, w) = (knots.x[k], knots.x[k + 1] - knots.x[k]);
-        let (yk, h) = (knots.y[k], knots.y[k + 1] - knots.y[k]);
-        let (d0, d1) = (knots.d[k], knots.d[k + 1]);
-        let s = h / w;
-        let dy = y - yk;
-        let curvature = d0 + d1 - 2.0 * s;
-        let a = h * (s - d0) + dy * curvature;
-        let b = h * d0 - dy * curvature;
-        let c = -s * dy;
-        let disc = (b * b - 4.0 * a * c).max(0.0);
-        let theta = (2.0 * c / (-b - disc.sqrt())).clamp(0.0, 1.0);
-        let x = xk + theta * w;
-        let (_, ld) = self.forward(x, raw);
-        (x, -ld)
+        let x = invert(&knots, locate(self.bins, y, &knots.y), y);
+        (x, -evaluate(self.bins, &knots, x).1)
     }
 
     /// Gradient of L = g y(x) + c log|dy/dx| at `x`: returns dL/dx and writes dL/draw into
@@ -164,55 +117,209 @@ impl Spline {
         if x.abs() > self.bound || x.is_nan() {
             return g;
         }
-        let k_bins = self.bins;
         let knots = self.knots(raw);
-        let k = self.locate(x, &knots.x);
-        let (y, ld) = rq(D::var(x, 0), local(&knots, k));
-        // dL/d(x, x_k, W, y_k, H, d_k, d_(k+1)).
-        let grad: [f64; N] = std::array::from_fn(|i| g * y.d[i] + c * ld.d[i]);
-        let span = 2.0 * self.bound;
-        // Knot positions and widths as functions of the fractions w_j (j < K): x_k = lo +
-        // span sum_(j<k) w_j; W = span w_k, except for the last bin where x_K = hi.
-        let fraction_grad = |g_pos: f64, g_width: f64| -> [f64; MAX_BINS] {
-            std::array::from_fn(|j| {
-                if j >= k_bins {
-                    return 0.0;
-                }
-                let from_pos = if j < k { g_pos * span } else { 0.0 };
-                let from_width = if k + 1 < k_bins {
-                    if j == k { g_width * span } else { 0.0 }
-                } else if j < k {
-                    -g_width * span
-                } else {
-                    0.0
-                };
-                from_pos + from_width
-            })
-        };
-        let scale = 1.0 - k_bins as f64 * MIN_BIN;
-        let through_softmax = |gf: &[f64; MAX_BINS], soft: &[f64; MAX_BINS], out: &mut [f64]| {
-            let dot: f64 = gf[..k_bins]
-                .iter()
-                .zip(&soft[..k_bins])
-                .map(|(g, a)| g * a)
-                .sum();
-            for i in 0..k_bins {
-                out[i] = scale * soft[i] * (gf[i] - dot);
+        backward(
+            self.bins,
+            2.0 * self.bound,
+            &knots,
+            x,
+            raw,
+            (g, c),
+            false,
+            grad_raw,
+        )
+    }
+}
+
+/// A circular rational-quadratic spline (Rezende et al. 2020, arXiv:2002.02428) with `bins`
+/// bins mapping [0, 2 pi) onto itself: raw parameters `[w_raw (K), h_raw (K), d_raw (K)]`,
+/// knots from (0, 0) to (2 pi, 2 pi), d_k = m_d + softplus(d_raw_k) for k < K and d_K = d_0,
+/// so that the map and its derivative are continuous on the circle (PHYSICS.md; the layout of
+/// `boltzflow_burn`'s circular spline). The inverse is the same closed-form root as
+/// [`Spline`]'s.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CircularSpline {
+    /// 2 <= K <= [`MAX_BINS`].
+    pub bins: usize,
+}
+
+impl CircularSpline {
+    /// Raw parameters per variable, 3K.
+    pub fn params(&self) -> usize {
+        3 * self.bins
+    }
+
+    /// The raw parameters of the identity map.
+    pub fn identity(&self) -> Vec<f64> {
+        let mut raw = vec![0.0; self.params()];
+        raw[2 * self.bins..].fill((1.0 - MIN_DERIVATIVE).exp_m1().ln());
+        raw
+    }
+
+    fn knots(&self, raw: &[f64]) -> Knots {
+        knots(self.bins, (0.0, std::f64::consts::TAU), raw, true)
+    }
+
+    /// y = f(x) and log|dy/dx| for x in [0, 2 pi) (y in [0, 2 pi]).
+    pub fn forward(&self, x: f64, raw: &[f64]) -> (f64, f64) {
+        evaluate(self.bins, &self.knots(raw), x)
+    }
+
+    /// x = f^-1(y) and log|dx/dy| for y in [0, 2 pi).
+    pub fn inverse(&self, y: f64, raw: &[f64]) -> (f64, f64) {
+        let knots = self.knots(raw);
+        let x = invert(&knots, locate(self.bins, y, &knots.y), y);
+        (x, -evaluate(self.bins, &knots, x).1)
+    }
+
+    /// Gradient of L = g y(x) + c log|dy/dx| at x in [0, 2 pi): returns dL/dx and writes
+    /// dL/draw into `grad_raw` (`[3K]`, overwritten).
+    pub fn backward(&self, x: f64, raw: &[f64], g: f64, c: f64, grad_raw: &mut [f64]) -> f64 {
+        grad_raw.fill(0.0);
+        let knots = self.knots(raw);
+        backward(
+            self.bins,
+            std::f64::consts::TAU,
+            &knots,
+            x,
+            raw,
+            (g, c),
+            true,
+            grad_raw,
+        )
+    }
+}
+
+/// Knots of a spline with `bins` bins on `[lo, hi]`: d_0 = d_K = 1 and K - 1 inner derivative
+/// parameters, or (`circular`) K derivative parameters with d_K = d_0.
+fn knots(bins: usize, (lo, hi): (f64, f64), raw: &[f64], circular: bool) -> Knots {
+    let k = bins;
+    debug_assert!((2..=MAX_BINS).contains(&k));
+    let positions = |soft: &[f64; MAX_BINS], p: &mut [f64; MAX_BINS + 1]| {
+        p[0] = lo;
+        let mut c = 0.0;
+        for (i, s) in soft[..k - 1].iter().enumerate() {
+            c += MIN_BIN + (1.0 - k as f64 * MIN_BIN) * s;
+            p[i + 1] = lo + (hi - lo) * c;
+        }
+        p[k] = hi;
+    };
+    let mut knots = Knots {
+        x: [0.0; MAX_BINS + 1],
+        y: [0.0; MAX_BINS + 1],
+        // d_0 = d_K = 1 unless circular; the others are set below.
+        d: [1.0; MAX_BINS + 1],
+        soft_w: [0.0; MAX_BINS],
+        soft_h: [0.0; MAX_BINS],
+    };
+    softmax(&raw[..k], &mut knots.soft_w);
+    softmax(&raw[k..2 * k], &mut knots.soft_h);
+    positions(&knots.soft_w, &mut knots.x);
+    positions(&knots.soft_h, &mut knots.y);
+    if circular {
+        for (i, &r) in raw[2 * k..3 * k].iter().enumerate() {
+            knots.d[i] = MIN_DERIVATIVE + softplus(r);
+        }
+        knots.d[k] = knots.d[0];
+    } else {
+        for (i, &r) in raw[2 * k..3 * k - 1].iter().enumerate() {
+            knots.d[i + 1] = MIN_DERIVATIVE + softplus(r);
+        }
+    }
+    knots
+}
+
+/// Bin of `v` among the `bins + 1` knot positions `knots` (number of inner knots <= v).
+fn locate(bins: usize, v: f64, knots: &[f64]) -> usize {
+    knots[1..bins].iter().filter(|&&k| v >= k).count()
+}
+
+/// y = f(x) and log|dy/dx| inside the knots' interval.
+fn evaluate(bins: usize, knots: &Knots, x: f64) -> (f64, f64) {
+    let k = locate(bins, x, &knots.x);
+    rq(x, local(knots, k).map(|v| v.v))
+}
+
+/// The x of bin k with f(x) = y: the stable root theta = 2c / (-b - sqrt(b^2 - 4ac)).
+fn invert(knots: &Knots, k: usize, y: f64) -> f64 {
+    let (xk, w) = (knots.x[k], knots.x[k + 1] - knots.x[k]);
+    let (yk, h) = (knots.y[k], knots.y[k + 1] - knots.y[k]);
+    let (d0, d1) = (knots.d[k], knots.d[k + 1]);
+    let s = h / w;
+    let dy = y - yk;
+    let curvature = d0 + d1 - 2.0 * s;
+    let a = h * (s - d0) + dy * curvature;
+    let b = h * d0 - dy * curvature;
+    let c = -s * dy;
+    let disc = (b * b - 4.0 * a * c).max(0.0);
+    let theta = (2.0 * c / (-b - disc.sqrt())).clamp(0.0, 1.0);
+    xk + theta * w
+}
+
+/// dL/dx and dL/draw (into `grad_raw`, zeroed by the caller) of L = g y + c log|dy/dx| at
+/// `x` inside the spline's interval of width `span`.
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    k_bins: usize,
+    span: f64,
+    knots: &Knots,
+    x: f64,
+    raw: &[f64],
+    (g, c): (f64, f64),
+    circular: bool,
+    grad_raw: &mut [f64],
+) -> f64 {
+    let k = locate(k_bins, x, &knots.x);
+    let (y, ld) = rq(D::var(x, 0), local(knots, k));
+    // dL/d(x, x_k, W, y_k, H, d_k, d_(k+1)).
+    let grad: [f64; N] = std::array::from_fn(|i| g * y.d[i] + c * ld.d[i]);
+    // Knot positions and widths as functions of the fractions w_j (j < K): x_k = lo +
+    // span sum_(j<k) w_j; W = span w_k, except for the last bin where x_K = hi.
+    let fraction_grad = |g_pos: f64, g_width: f64| -> [f64; MAX_BINS] {
+        std::array::from_fn(|j| {
+            if j >= k_bins {
+                return 0.0;
             }
-        };
-        let (gw, rest) = grad_raw.split_at_mut(k_bins);
-        let (gh, gd) = rest.split_at_mut(k_bins);
-        through_softmax(&fraction_grad(grad[1], grad[2]), &knots.soft_w, gw);
-        through_softmax(&fraction_grad(grad[3], grad[4]), &knots.soft_h, gh);
-        let d_raw = &raw[2 * k_bins..];
+            let from_pos = if j < k { g_pos * span } else { 0.0 };
+            let from_width = if k + 1 < k_bins {
+                if j == k { g_width * span } else { 0.0 }
+            } else if j < k {
+                -g_width * span
+            } else {
+                0.0
+            };
+            from_pos + from_width
+        })
+    };
+    let scale = 1.0 - k_bins as f64 * MIN_BIN;
+    let through_softmax = |gf: &[f64; MAX_BINS], soft: &[f64; MAX_BINS], out: &mut [f64]| {
+        let dot: f64 = gf[..k_bins]
+            .iter()
+            .zip(&soft[..k_bins])
+            .map(|(g, a)| g * a)
+            .sum();
+        for i in 0..k_bins {
+            out[i] = scale * soft[i] * (gf[i] - dot);
+        }
+    };
+    let (gw, rest) = grad_raw.split_at_mut(k_bins);
+    let (gh, gd) = rest.split_at_mut(k_bins);
+    through_softmax(&fraction_grad(grad[1], grad[2]), &knots.soft_w, gw);
+    through_softmax(&fraction_grad(grad[3], grad[4]), &knots.soft_h, gh);
+    let d_raw = &raw[2 * k_bins..];
+    if circular {
+        let next = (k + 1) % k_bins;
+        gd[k] += grad[5] * sigmoid(d_raw[k]);
+        gd[next] += grad[6] * sigmoid(d_raw[next]);
+    } else {
         if k >= 1 {
             gd[k - 1] += grad[5] * sigmoid(d_raw[k - 1]);
         }
         if k + 1 < k_bins {
             gd[k] += grad[6] * sigmoid(d_raw[k]);
         }
-        grad[0]
     }
+    grad[0]
 }
 
 /// The bin's local quantities as dual variables 1..=6: (x_k, W, y_k, H, d_k, d_(k+1)).

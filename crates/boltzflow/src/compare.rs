@@ -145,6 +145,7 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
         );
     }
     let mut singles = Vec::new();
+    let mut coordinates = Vec::new();
     for (sub, entry) in per_lattice.iter().zip(&compare.scan) {
         tracing::info!(
             "compare scan: {}",
@@ -155,6 +156,7 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
         let mut single = run_single(sub)?;
         let loaded = Loaded::read(&sub.config, &sub.overrides)?;
         let shape = train::flow_shape(&loaded.lattice.target, &sub.config)?;
+        coordinates.push(scan_coordinate(&loaded.lattice.target));
         let stem = sub
             .out
             .as_ref()
@@ -171,16 +173,22 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
     let _ = writeln!(md, "# Flow against MCMC across lattices\n");
     let _ = writeln!(
         md,
-        "Config `{}`; one comparison per lattice (its report linked). tau_int in Wolff's convention (1/2 + sum rho); cost per effectively independent sample of each observable in wall seconds and in action evaluations; flow training (wall seconds) listed separately.\n",
+        "Config `{}`; one comparison per lattice (its report linked). tau_int in Wolff's convention (1/2 + sum rho); cost per effectively independent sample of each observable in wall seconds and in action evaluations; flow training (wall seconds) listed separately; exact values where the target has them, and the deviation in standard errors.\n",
         args.config.display()
     );
+    let svg = scan_svg(&singles, &coordinates, &compare.observables)?;
+    write(&dir.join("tau_int_scan.svg"), &svg)?;
+    let _ = writeln!(md, "![tau_int across the scan](tau_int_scan.svg)\n");
     for name in &compare.observables {
         let _ = writeln!(md, "## {name}\n");
         let _ = writeln!(
             md,
-            "| lattice | method | mean | err | tau_int | wall s / indep. | action evals / indep. | training s |"
+            "| lattice | method | mean | err | exact | sigma | tau_int | wall s / indep. | action evals / indep. | training s |"
         );
-        let _ = writeln!(md, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(
+            md,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
         for single in &singles {
             let Some((_, rows)) = single.tables.iter().find(|(n, _)| n == name) else {
                 continue;
@@ -193,7 +201,7 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
                 };
                 let _ = writeln!(
                     md,
-                    "| [{}]({}) | {} | {} | {} | {} | {} | {} | {} |",
+                    "| [{}]({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     single.lattice,
                     single
                         .report
@@ -203,6 +211,8 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
                     r.method,
                     sci(r.mean),
                     sci(r.err),
+                    opt(r.exact, sci),
+                    opt(r.sigma, |z| format!("{z:+.2}")),
                     opt(r.tau_int, |t| format!("{t:.2}")),
                     sci(r.wall_per_independent()),
                     sci(r.evals_per_independent()),
@@ -217,6 +227,70 @@ fn scan(args: &CompareArgs, compare: &CompareSection) -> Result<PathBuf> {
         println!("{md}");
     }
     Ok(report_path)
+}
+
+/// The scan's x axis for one lattice: beta of a U(1) target, L of a phi^4 one, or none.
+fn scan_coordinate(spec: &boltzflow_targets::TargetSpec) -> Option<(&'static str, f64)> {
+    match spec {
+        boltzflow_targets::TargetSpec::U1(u1) => Some(("beta", u1.beta)),
+        boltzflow_targets::TargetSpec::Phi4(phi4) => phi4.shape.first().map(|&l| ("L", l as f64)),
+        _ => None,
+    }
+}
+
+/// log10 tau_int of each observable against the scan coordinate (beta or L when every
+/// lattice has a distinct one of the same kind, else the scan position), one curve per method
+/// with a chain.
+fn scan_svg(
+    singles: &[Single],
+    coordinates: &[Option<(&'static str, f64)>],
+    observables: &[String],
+) -> Result<String> {
+    let kind = coordinates.first().copied().flatten().map(|c| c.0);
+    let mut values: Vec<f64> = coordinates.iter().flatten().map(|c| c.1).collect();
+    values.dedup();
+    let distinct =
+        values.len() == singles.len() && coordinates.iter().all(|c| c.map(|c| c.0) == kind);
+    let (xlabel, xs): (String, Vec<f64>) = match kind {
+        Some(k) if distinct => (k.into(), values),
+        _ => (
+            "scan entry".into(),
+            (1..=singles.len()).map(|i| i as f64).collect(),
+        ),
+    };
+    let panels: Vec<Panel> = observables
+        .iter()
+        .map(|name| {
+            let mut curves: Vec<Curve> = Vec::new();
+            for (single, &x) in singles.iter().zip(&xs) {
+                let Some((_, rows)) = single.tables.iter().find(|(n, _)| n == name) else {
+                    continue;
+                };
+                for r in rows {
+                    let Some(tau) = r.tau_int else { continue };
+                    let index = match curves.iter().position(|c| c.label == r.method) {
+                        Some(i) => i,
+                        None => {
+                            curves.push(Curve {
+                                label: r.method.clone(),
+                                color: COLORS[curves.len() % COLORS.len()],
+                                points: Vec::new(),
+                            });
+                            curves.len() - 1
+                        }
+                    };
+                    curves[index].points.push((x, tau.log10()));
+                }
+            }
+            Panel {
+                title: format!("tau_int of {name}"),
+                xlabel: xlabel.clone(),
+                ylabel: "log10 tau_int".into(),
+                curves,
+            }
+        })
+        .collect();
+    figure(&panels, 520, 420)
 }
 
 /// One comparison on the config's lattice.
@@ -368,9 +442,9 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
         write(&dir.join("training.svg"), &svg)?;
         plots.push(("Training curves", "training.svg"));
     }
-    if let Some(svg) = histogram_svg(&sample_path, &baselines)? {
-        write(&dir.join("abs_m_hist.svg"), &svg)?;
-        plots.push(("Histogram of |M|/V", "abs_m_hist.svg"));
+    if let Some((svg, title, file)) = histogram_svg(&sample_path, &baselines)? {
+        write(&dir.join(file), &svg)?;
+        plots.push((title, file));
     }
     if let Some(svg) = autocorrelation_svg(&sample_path, &baselines, &compare.observables)? {
         write(&dir.join("autocorrelation.svg"), &svg)?;
@@ -1007,17 +1081,32 @@ fn normalised_weights(log_w: &[f64]) -> Vec<f64> {
         .collect()
 }
 
-/// Overlaid histograms of |M|/V: flow proposals, reweighted flow, each baseline (all chains).
-/// None when the sample file has no `abs_m` series.
+/// Histogrammed observables: series, axis label, plot title, file. The first one a sample
+/// file has is plotted (|M|/V for phi^4, Q for U(1)).
+const HISTOGRAMS: [(&str, &str, &str, &str); 2] = [
+    ("abs_m", "|M|/V", "Histogram of |M|/V", "abs_m_hist.svg"),
+    (
+        "q",
+        "Q",
+        "Histogram of the topological charge Q",
+        "q_hist.svg",
+    ),
+];
+
+/// Overlaid histograms of |M|/V or Q: flow proposals, reweighted flow, each baseline (all
+/// chains), with the plot's title and file name. None when the sample file has neither.
 fn histogram_svg(
     sample: &Path,
     baselines: &[(SamplerKind, Report, f64, PathBuf)],
-) -> Result<Option<String>> {
+) -> Result<Option<(String, &'static str, &'static str)>> {
     let reader = EnsembleReader::open(sample)?;
-    if !reader.series_names().iter().any(|n| n == "abs_m") {
+    let names = reader.series_names();
+    let Some(&(series, label, title, file)) =
+        HISTOGRAMS.iter().find(|h| names.iter().any(|n| n == h.0))
+    else {
         return Ok(None);
-    }
-    let flow = reader.series("abs_m")?.swap_remove(0);
+    };
+    let flow = reader.series(series)?.swap_remove(0);
     let log_w = reader.series("log_w")?.swap_remove(0);
     let weights = normalised_weights(&log_w);
     let mut sets: Vec<(String, Vec<f64>, Option<Vec<f64>>)> = vec![
@@ -1026,26 +1115,35 @@ fn histogram_svg(
     ];
     for (kind, _, _, file) in baselines {
         let r = EnsembleReader::open(file)?;
-        sets.push((kind.name().into(), r.series("abs_m")?.concat(), None));
+        sets.push((kind.name().into(), r.series(series)?.concat(), None));
     }
     let (lo, hi) = range(sets.iter().flat_map(|s| s.1.iter().copied()));
-    let lo = lo.min(0.0);
+    // Q is an integer: one bin per charge.
+    let (lo, hi, bins) = if series == "q" {
+        (
+            lo.round() - 0.5,
+            hi.round() + 0.5,
+            (hi.round() - lo.round()) as usize + 1,
+        )
+    } else {
+        (lo.min(0.0), hi, 40)
+    };
     let curves: Vec<Curve> = sets
         .iter()
         .enumerate()
         .map(|(i, (label, values, weights))| Curve {
             label: label.clone(),
             color: COLORS[i % COLORS.len()],
-            points: density(values, weights.as_deref(), lo, hi, 40),
+            points: density(values, weights.as_deref(), lo, hi, bins),
         })
         .collect();
     let panel = Panel {
-        title: "histogram of |M|/V".into(),
-        xlabel: "|M|/V".into(),
+        title: format!("histogram of {label}"),
+        xlabel: label.into(),
         ylabel: "density".into(),
         curves,
     };
-    Ok(Some(figure(&[panel], 640, 420)?))
+    Ok(Some((figure(&[panel], 640, 420)?, title, file)))
 }
 
 #[cfg(test)]

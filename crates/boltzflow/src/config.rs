@@ -144,6 +144,9 @@ fn default_bins() -> usize {
 fn default_bound() -> f64 {
     5.0
 }
+fn default_mix() -> usize {
+    2
+}
 fn default_forward_weight() -> f64 {
     0.5
 }
@@ -194,6 +197,9 @@ pub struct FlowSection {
     /// Spline interval half-width B > 0 (default 5; identity tails outside).
     #[serde(default = "default_bound")]
     pub bound: f64,
+    /// Components of the NCP mixture (default 2; coupling "ncp" only).
+    #[serde(default = "default_mix")]
+    pub mix: usize,
     /// Conditioner network (default "conv": periodic, translation equivariant; "mlp").
     #[serde(default)]
     pub conditioner: ConditionerKind,
@@ -236,6 +242,8 @@ pub enum Coupling {
     Spline,
     /// Circular rational-quadratic spline on [0, 2 pi) (uniform prior).
     CircularSpline,
+    /// Mixture of `mix` non-compact projections (U(1) gauge-equivariant flows).
+    Ncp,
 }
 
 /// The conditioner network.
@@ -336,6 +344,12 @@ pub struct TrainSection {
     /// configurations; relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ensemble: Option<PathBuf>,
+    /// Start from the parameters of this trained model (`model.json`; relative to the config
+    /// file) instead of a fresh initialisation: the same architecture, possibly on another
+    /// lattice size (conv conditioners are translation equivariant, so a flow trained on a
+    /// small lattice is a good start on a large one). Adam starts afresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
     /// Batch-size schedule: `[[step, batch], ...]`; from each `step` on, `batch` samples per
     /// step (before the first entry: `batch`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -448,6 +462,9 @@ impl FlowSection {
                 "flow.bins = {} but a spline needs at least 2 bins, e.g. bins = 8",
                 self.bins
             );
+        }
+        if matches!(self.coupling, Coupling::Ncp) && self.mix < 1 {
+            bail!("flow.mix = 0 but the NCP mixture needs at least one component, e.g. mix = 2");
         }
         if matches!(self.coupling, Coupling::Spline)
             && !(self.bound > 0.0 && self.bound.is_finite())

@@ -14,7 +14,10 @@ use boltzflow_burn::{
     Activation, BurnModel, Conditioner, CpuBackend, FlowConfig, Mask, Prior, Transform,
 };
 use boltzflow_flow::flow::NativeCoupling;
-use boltzflow_flow::{AdamConfig, AffineFlow, AffineFlowConfig, FlowModel, Trainer};
+use boltzflow_flow::{
+    AdamConfig, AffineFlow, AffineFlowConfig, CircleMap, FlowModel, GaugeFlow, GaugeFlowConfig,
+    Trainer,
+};
 use boltzflow_targets::TargetSpec;
 
 use crate::config::{ConditionerKind, Coupling, Engine, FlowSection};
@@ -38,12 +41,38 @@ pub enum Architecture {
     Native(AffineFlowConfig),
     /// A burn flow.
     Burn(FlowConfig),
+    /// The hand-written gauge-equivariant U(1) flow.
+    Gauge(GaugeFlowConfig),
 }
 
 impl Architecture {
     /// The architecture a `[flow]` section asks for on a target of `shape`, with the engine
     /// resolved (`auto`: native when it can run the model and `forward_kl` is false).
-    pub fn resolve(section: &FlowSection, shape: &[usize], forward_kl: bool) -> Result<Self> {
+    ///
+    /// On a `gauge` target (2D U(1) links) `auto` and `native` give the gauge-equivariant
+    /// flow, which needs a circle map (`ncp` or `circular_spline`); `burn` runs burn's
+    /// circular-spline flow, which is not gauge-equivariant.
+    pub fn resolve(
+        section: &FlowSection,
+        shape: &[usize],
+        forward_kl: bool,
+        gauge: bool,
+    ) -> Result<Self> {
+        let circle = matches!(section.coupling, Coupling::Ncp | Coupling::CircularSpline);
+        if gauge && !circle {
+            bail!(
+                "flow.coupling = \"{}\" does not map angles: U(1) flows are gauge-equivariant circle maps; set flow.coupling = \"ncp\" (the tutorial's) or \"circular_spline\"",
+                coupling_name(section.coupling)
+            );
+        }
+        if gauge && section.engine != Engine::Burn {
+            return gauge_config(section, shape, forward_kl).map(Self::Gauge);
+        }
+        if matches!(section.coupling, Coupling::Ncp) {
+            bail!(
+                "flow.coupling = \"ncp\" is the circle map of gauge-equivariant U(1) flows (native engine): use it on a U(1) lattice with flow.engine = \"auto\""
+            );
+        }
         let burn = burn_config(section, shape);
         burn.validate().map_err(|e| anyhow!("[flow]: {e}"))?;
         let native_capable = (matches!(section.coupling, Coupling::Affine)
@@ -69,6 +98,26 @@ impl Architecture {
         }
     }
 
+    /// The same architecture on a configuration space of another shape (the lattice is the
+    /// only thing that may differ between a model and the one it initialises).
+    pub fn reshaped(&self, like: &Self) -> Self {
+        match (self, like) {
+            (Self::Native(c), Self::Native(l)) => Self::Native(AffineFlowConfig {
+                shape: l.shape,
+                ..c.clone()
+            }),
+            (Self::Gauge(c), Self::Gauge(l)) => Self::Gauge(GaugeFlowConfig {
+                shape: l.shape,
+                ..c.clone()
+            }),
+            (Self::Burn(c), Self::Burn(l)) => Self::Burn(FlowConfig {
+                shape: l.shape.clone(),
+                ..c.clone()
+            }),
+            _ => self.clone(),
+        }
+    }
+
     /// A human-readable one-liner: engine, coupling, layers.
     pub fn summary(&self) -> String {
         match self {
@@ -87,6 +136,16 @@ impl Architecture {
                 c.conditioner,
                 if c.z2 { ", Z2-equivariant" } else { "" }
             ),
+            Self::Gauge(c) => format!(
+                "native gauge-equivariant U(1) flow, {} layers, {}, conv hidden {:?}, kernel {}",
+                c.layers,
+                match c.circle {
+                    CircleMap::Ncp { mix } => format!("NCP mixtures of {mix}"),
+                    CircleMap::Spline { bins } => format!("circular splines with {bins} bins"),
+                },
+                c.hidden,
+                c.kernel
+            ),
         }
     }
 
@@ -99,6 +158,9 @@ impl Architecture {
                     Trainer::new(flow, AdamConfig::default()).map_err(|e| anyhow!("{e}"))?,
                 ))
             }
+            Self::Gauge(config) => Ok(Box::new(
+                GaugeFlow::<f32>::new(config).map_err(|e| anyhow!("[flow]: {e}"))?,
+            )),
             Self::Burn(config) => match device {
                 Device::Cpu => Ok(Box::new(
                     BurnModel::<CpuBackend>::new(config, spec, &Default::default())
@@ -143,6 +205,63 @@ fn cuda_model(_config: &FlowConfig, _spec: &TargetSpec) -> Result<Box<dyn FlowMo
     )
 }
 
+/// The TOML name of a coupling.
+fn coupling_name(coupling: Coupling) -> &'static str {
+    match coupling {
+        Coupling::Affine => "affine",
+        Coupling::Additive => "additive",
+        Coupling::Spline => "spline",
+        Coupling::CircularSpline => "circular_spline",
+        Coupling::Ncp => "ncp",
+    }
+}
+
+/// The gauge-equivariant flow of a `[flow]` section on U(1) links `[2, L0, L1]`; settings it
+/// cannot honour are refused rather than ignored.
+fn gauge_config(
+    section: &FlowSection,
+    shape: &[usize],
+    forward_kl: bool,
+) -> Result<GaugeFlowConfig> {
+    let refuse = |what: &str| -> Result<GaugeFlowConfig> {
+        bail!(
+            "{what} is not available for gauge-equivariant U(1) flows (native conv conditioners on plaquette stripes, reverse KL, CPU); remove it, or set flow.engine = \"burn\" for a flow that is not gauge-equivariant"
+        )
+    };
+    if forward_kl {
+        return refuse("train.objective = \"forward\" or \"mix\"");
+    }
+    if !matches!(section.conditioner, ConditionerKind::Conv) {
+        return refuse("flow.conditioner = \"mlp\"");
+    }
+    if !matches!(section.activation, Activation::LeakyRelu) {
+        return refuse("a flow.activation other than \"leaky_relu\"");
+    }
+    if !matches!(section.mask, Mask::Checkerboard) {
+        return refuse("flow.mask");
+    }
+    if section.z2 {
+        return refuse("flow.z2");
+    }
+    if section.device != Device::Cpu {
+        return refuse("flow.device = \"cuda\"");
+    }
+    let circle = match section.coupling {
+        Coupling::Ncp => CircleMap::Ncp { mix: section.mix },
+        _ => CircleMap::Spline { bins: section.bins },
+    };
+    let config = GaugeFlowConfig {
+        shape: [shape[1], shape[2]],
+        layers: section.layers,
+        hidden: section.hidden.clone(),
+        kernel: section.kernel,
+        circle,
+        seed: section.seed,
+    };
+    GaugeFlow::<f32>::new(&config).map_err(|e| anyhow!("[flow]: {e}"))?;
+    Ok(config)
+}
+
 fn native_config(section: &FlowSection, shape: &[usize]) -> AffineFlowConfig {
     AffineFlowConfig {
         shape: [shape[0], shape[1]],
@@ -169,7 +288,9 @@ fn burn_config(section: &FlowSection, shape: &[usize]) -> FlowConfig {
             bins: section.bins,
             bound: section.bound,
         },
-        Coupling::CircularSpline => Transform::CircularSpline { bins: section.bins },
+        Coupling::CircularSpline | Coupling::Ncp => {
+            Transform::CircularSpline { bins: section.bins }
+        }
     };
     let conditioner = match section.conditioner {
         ConditionerKind::Conv => Conditioner::Conv {
@@ -189,7 +310,7 @@ fn burn_config(section: &FlowSection, shape: &[usize]) -> FlowConfig {
         conditioner,
         mask: section.mask,
         z2: section.z2,
-        prior: if matches!(section.coupling, Coupling::CircularSpline) {
+        prior: if matches!(section.coupling, Coupling::CircularSpline | Coupling::Ncp) {
             Prior::UniformCircle
         } else {
             Prior::Normal

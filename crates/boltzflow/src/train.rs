@@ -188,6 +188,23 @@ impl ModelFile {
     }
 }
 
+/// The parameters of the trained model at `path` (`train.init`), which must have the
+/// architecture `flow` up to the lattice shape and `n` parameters.
+fn initial_params(path: &Path, flow: &Architecture, n: usize) -> Result<Vec<f32>> {
+    let init = ModelFile::read(path)?;
+    if init.flow.reshaped(flow) != *flow || init.params.len() != n {
+        bail!(
+            "train.init = {}: that model is a {} with {} parameters, this run's flow a {} with {n}; point train.init at a model of the same [flow] settings (any lattice size)",
+            path.display(),
+            init.flow.summary(),
+            init.params.len(),
+            flow.summary()
+        );
+    }
+    tracing::info!("starting from the parameters of {}", path.display());
+    Ok(init.params)
+}
+
 /// The configuration shape of a target (the flow's shape), or a one-line error naming the
 /// lattice file.
 pub fn flow_shape(spec: &TargetSpec, config: &Path) -> Result<Vec<usize>> {
@@ -289,7 +306,8 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     }
     let shape = flow_shape(&loaded.lattice.target, &args.config)?;
     let target = loaded.lattice.target.build()?;
-    let flow_config = Architecture::resolve(&flow_section, &shape, train.forward_kl())?;
+    let gauge = matches!(loaded.lattice.target, boltzflow_targets::TargetSpec::U1(_));
+    let flow_config = Architecture::resolve(&flow_section, &shape, train.forward_kl(), gauge)?;
     let mut model = flow_config.build(&loaded.lattice.target, flow_section.device)?;
     let ensemble = match &train.ensemble {
         Some(path) if train.forward_kl() => Some(read_ensemble(
@@ -334,13 +352,19 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
             }
         }
         let n = model.params().len();
+        let initial = match &train.init {
+            Some(path) => {
+                initial_params(&crate::config::resolve(&args.config, path), &flow_config, n)?
+            }
+            None => model.params(),
+        };
         let state = ModelFile {
             format: MODEL_FORMAT.into(),
             version: MODEL_VERSION,
             flow: flow_config.clone(),
             lattice: loaded.lattice.to_toml(),
             config: loaded.toml.clone(),
-            params: model.params(),
+            params: initial,
             adam: Adam::new(
                 AdamConfig {
                     lr: train.lr,

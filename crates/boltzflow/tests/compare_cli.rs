@@ -160,6 +160,55 @@ fn scan_runs_every_lattice_with_its_overrides() {
     };
     assert_eq!(steps("lattice"), 50.0);
     assert_eq!(steps("free6"), 20.0);
+    // The exact value beside every estimate, and tau_int against L in the summary plot.
+    assert!(report.contains("| exact | sigma |"), "{report}");
+    assert!(report.contains("(tau_int_scan.svg)"), "{report}");
+    assert_svg(&out.join("tau_int_scan.svg"));
+}
+
+/// A plotted SVG: well-formed enough, with at least one curve.
+fn assert_svg(path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.starts_with("<svg"), "{}", path.display());
+    assert!(text.trim_end().ends_with("</svg>"), "{}", path.display());
+    assert!(text.contains("<polyline"), "{}", path.display());
+}
+
+/// U(1) through `compare`: the gauge-equivariant flow against HMC and heat bath on a 4x4
+/// torus, with Q^2 and the plaquette tabulated beside their exact values and the histogram
+/// of Q plotted.
+#[test]
+fn compare_runs_u1_against_hmc_and_heat_bath() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("u1.toml"),
+        "theory = \"u1\"\nshape = [4, 4]\nbeta = 1.0\n",
+    )
+    .unwrap();
+    let recipe = FLOW
+        .replace(
+            "layers = 2",
+            "coupling = \"circular_spline\"\nbins = 4\nlayers = 4",
+        )
+        .replace("[\"hmc\", \"metropolis\"]", "[\"hmc\", \"heatbath\"]")
+        .replace("[\"chi2\", \"abs_m\"]", "[\"q2\", \"plaquette\"]");
+    let config = dir.path().join("run.toml");
+    std::fs::write(&config, format!("lattice = \"u1.toml\"\n\n{recipe}{MCMC}")).unwrap();
+    let out = dir.path().join("u1");
+    let report = compare_ok(&config, &out);
+    for method in ["flow-MH", "reweighted", "hmc", "heatbath"] {
+        assert_eq!(
+            report.matches(&format!("| {method} |")).count(),
+            2,
+            "{report}"
+        );
+    }
+    assert!(
+        report.contains("## q2") && report.contains("## plaquette"),
+        "{report}"
+    );
+    assert!(report.contains("(q_hist.svg)"), "{report}");
+    assert_svg(&out.join("q_hist.svg"));
 }
 
 /// `compare.budget = "action_evals"`: each baseline runs about as many action evaluations

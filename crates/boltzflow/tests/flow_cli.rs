@@ -64,6 +64,35 @@ fn train(config: &Path, out: &Path, extra: &[&str]) -> Output {
     run(&args)
 }
 
+/// `boltzflow sample CONFIG --model MODEL --out OUT --quiet EXTRA...`.
+fn sample_run(config: &Path, model: &Path, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "sample",
+        config.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
+/// Asserts an `analyze --json` estimate `{mean, err, exact}` within 4 errors of its exact value.
+fn within(v: &Value, what: &str) {
+    let (mean, err, exact) = (
+        v["mean"].as_f64().unwrap(),
+        v["err"].as_f64().unwrap(),
+        v["exact"].as_f64().unwrap(),
+    );
+    assert!(err > 0.0, "{what}: err {err}");
+    assert!(
+        (mean - exact).abs() < 4.0 * err,
+        "{what}: {mean} +- {err} vs exact {exact}"
+    );
+}
+
 fn analyze(file: &Path) -> Value {
     let out = run(&["analyze", file.to_str().unwrap(), "--json"]);
     assert_success(&out);
@@ -112,6 +141,42 @@ fn train_writes_model_and_training_file() {
 
     // A second train on the same directory is refused without --force or --resume.
     assert_one_line_error(&train(&config, &out, &[]), &["already exists", "--resume"]);
+
+    // train.init starts another run, here on a 6x6 lattice, from these parameters (a fresh
+    // Adam; its first checkpoint, written before step 1, holds them); a model of other [flow]
+    // settings is refused with one line.
+    let model_path = out.join("model.json");
+    let init = format!("train.init=\"{}\"", model_path.display());
+    let larger = tempfile::tempdir().unwrap();
+    let larger_config = write_config(larger.path(), &FREE_L4.replace("[4, 4]", "[6, 6]"), RECIPE);
+    let started = larger.path().join("flow");
+    assert_success(&train(
+        &larger_config,
+        &started,
+        &["--set", &init, "--set", "train.steps=1"],
+    ));
+    let s = model(&started);
+    assert_eq!(s["flow"]["native"]["shape"], serde_json::json!([6, 6]));
+    assert_eq!(s["adam"]["t"], 1);
+    // One Adam step moves each parameter by at most lr (1 + eps): the run started from the
+    // stored parameters, not from a fresh initialisation.
+    let (a, b) = (
+        s["params"].as_array().unwrap(),
+        m["params"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+        assert!((x - y).abs() <= 3.1e-3, "{x} vs {y}");
+    }
+    assert_one_line_error(
+        &train(
+            &larger_config,
+            &larger.path().join("other"),
+            &["--set", &init, "--set", "flow.layers=2"],
+        ),
+        &["train.init", "same [flow] settings"],
+    );
 }
 
 /// A run trained to K steps and resumed to 2K ends with exactly the parameters, Adam state and
@@ -176,19 +241,7 @@ fn sampled_free_field_matches_exact_values() {
     let flow = dir.path().join("flow");
     assert_success(&train(&config, &flow, &[]));
     let model_path = flow.join("model.json");
-    let sample = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "sample",
-            config.to_str().unwrap(),
-            "--model",
-            model_path.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-            "--quiet",
-        ];
-        args.extend_from_slice(extra);
-        run(&args)
-    };
+    let sample = |out: &Path, extra: &[&str]| sample_run(&config, &model_path, out, extra);
     let out = dir.path().join("samples.h5");
     assert_success(&sample(&out, &[]));
     let r = analyze(&out);
@@ -196,18 +249,6 @@ fn sampled_free_field_matches_exact_values() {
     assert_eq!(r["draws"], 8192);
     let ess = r["ess"].as_f64().unwrap();
     assert!(ess > 0.3 && ess <= 1.0, "ESS/N {ess}");
-    let within = |v: &Value, what: &str| {
-        let (mean, err, exact) = (
-            v["mean"].as_f64().unwrap(),
-            v["err"].as_f64().unwrap(),
-            v["exact"].as_f64().unwrap(),
-        );
-        assert!(err > 0.0, "{what}: err {err}");
-        assert!(
-            (mean - exact).abs() < 4.0 * err,
-            "{what}: {mean} +- {err} vs exact {exact}"
-        );
-    };
     within(&r["ln_z"], "ln_z");
     for name in ["g_0", "chi2"] {
         within(&r["reweighted"][name], &format!("reweighted {name}"));
@@ -292,6 +333,51 @@ fn sampled_free_field_matches_exact_values() {
         m["observables"],
         "interleaved chain differs after resuming"
     );
+}
+
+/// The gauge-equivariant U(1) flow end to end on a 4x4 torus at beta = 1, with both circle
+/// maps: the model file records the gauge architecture; reweighted and flow-MH estimates of
+/// the plaquette, Q^2 and ln Z agree with the exact torus values within 4 sigma.
+#[test]
+fn gauge_flow_samples_u1_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "theory = \"u1\"\nshape = [4, 4]\nbeta = 1.0\n",
+        "[flow]\ncoupling = \"circular_spline\"\nbins = 4\nlayers = 8\nhidden = [8]\nseed = 1\n\n\
+[train]\nsteps = 200\nbatch = 64\nlr = 5e-3\neval_every = 100\neval_batch = 512\n\
+checkpoint_every = 100\nseed = 2\n\n\
+[sample]\nsamples = 8192\nbatch = 1024\nseed = 3\nstore_configs = false\n",
+    );
+    for (name, extra) in [
+        ("spline", &[][..]),
+        (
+            "ncp",
+            &["--set", "flow.coupling=\"ncp\"", "--set", "flow.mix=3"][..],
+        ),
+    ] {
+        let flow = dir.path().join(name);
+        assert_success(&train(&config, &flow, extra));
+        let m = model(&flow);
+        assert_eq!(
+            m["flow"]["gauge"]["shape"],
+            serde_json::json!([4, 4]),
+            "{name}"
+        );
+        let circle = &m["flow"]["gauge"]["circle"]["type"];
+        assert_eq!(circle, if name == "ncp" { "ncp" } else { "spline" });
+        let out = dir.path().join(format!("{name}.h5"));
+        let model_path = flow.join("model.json");
+        assert_success(&sample_run(&config, &model_path, &out, &[]));
+        let r = analyze(&out);
+        within(&r["ln_z"], &format!("{name} ln_z"));
+        for obs in ["plaquette", "q2"] {
+            within(&r["reweighted"][obs], &format!("{name} reweighted {obs}"));
+            within(&r["observables"][obs], &format!("{name} MH {obs}"));
+        }
+        let acceptance = r["mh"]["acceptance"].as_f64().unwrap();
+        assert!(acceptance > 0.3, "{name}: MH acceptance {acceptance}");
+    }
 }
 
 /// Forward KL (maximum likelihood on an HMC ensemble of the free field, burn engine) learns
@@ -386,20 +472,62 @@ fn bad_flow_input_gives_one_line_and_writes_nothing() {
     assert_one_line_error(&sample(&config, &truncated), &["truncated.json", "model"]);
     assert!(!out.exists());
 
-    // A conv conditioner on a configuration space that is not a 2D lattice, and
-    // out-of-range settings.
+    // A conv conditioner on a configuration space that is not a 2D lattice, a coupling that
+    // does not map angles on U(1) links, and out-of-range settings.
+    const U1_L4: &str = "theory = \"u1\"\nshape = [4, 4]\nbeta = 1.0\n";
+    for (lattice, needles) in [
+        (
+            "theory = \"phi4\"\nshape = [16]\nm2 = 4.0\nlam = 0.0\n",
+            &["conv conditioners need a 2D lattice", "mlp"][..],
+        ),
+        (
+            U1_L4,
+            &["flow.coupling = \"affine\"", "ncp", "circular_spline"][..],
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let c = write_config(d.path(), lattice, RECIPE);
+        let out = d.path().join("flow");
+        assert_one_line_error(&train(&c, &out, &[]), needles);
+        assert!(!out.exists());
+    }
     let u1 = tempfile::tempdir().unwrap();
-    let u1_config = write_config(
-        u1.path(),
-        "theory = \"u1\"\nshape = [4, 4]\nbeta = 1.0\n",
-        RECIPE,
-    );
+    let u1_config = write_config(u1.path(), U1_L4, RECIPE);
     let u1_out = u1.path().join("flow");
+    // Gauge-equivariant flows: settings they cannot honour, lattices their stripes do not
+    // tile, beta <= 0, and the NCP map on a target without angles.
+    for (set, needle) in [
+        ("flow.mix=0", "flow.mix"),
+        ("flow.conditioner=\"mlp\"", "flow.conditioner"),
+        ("flow.z2=true", "flow.z2"),
+        (
+            "train.objective=\"forward\" train.ensemble=\"x.h5\"",
+            "train.objective",
+        ),
+    ] {
+        let mut args = vec!["--set", "flow.coupling=\"ncp\""];
+        args.extend(set.split(' ').flat_map(|s| ["--set", s]));
+        assert_one_line_error(&train(&u1_config, &u1_out, &args), &[needle]);
+        assert!(!u1_out.exists(), "{set}");
+    }
+    for (lattice, needle) in [
+        ("shape = [6, 6]\nbeta = 1.0", "divisible by 4"),
+        ("shape = [7, 8]\nbeta = 1.0", "divisible by 4"),
+        ("shape = [8, 8]\nbeta = 0.0", "beta"),
+    ] {
+        let config = write_config(u1.path(), &format!("theory = \"u1\"\n{lattice}\n"), RECIPE);
+        let out = &train(
+            &config,
+            &u1_out,
+            &["--set", "flow.coupling=\"circular_spline\""],
+        );
+        assert_one_line_error(out, &[needle]);
+        assert!(!u1_out.exists(), "{lattice}");
+    }
     assert_one_line_error(
-        &train(&u1_config, &u1_out, &[]),
-        &["conv conditioners need a 2D lattice", "mlp"],
+        &train(&config, &u1_out, &["--set", "flow.coupling=\"ncp\""]),
+        &["ncp", "U(1)"],
     );
-    assert!(!u1_out.exists());
     for (set, key) in [
         ("train.batch=0", "train.batch"),
         ("train.lr=-1.0", "train.lr"),
