@@ -275,10 +275,11 @@ struct Workspace<T> {
     lanes: usize,
     /// Links: slot l holds the input of layer l (`[2, V, lanes]`, `layers + 1` slots).
     links: Vec<T>,
-    /// Plaquette angles of the current layer's input (`[V, lanes]`).
-    plaq: Vec<f64>,
-    /// Conditioner input (cos P, sin P) on the frozen plaquettes (`[2, V, lanes]`).
-    cond: Vec<T>,
+    /// Plaquette angles of each layer slot's input (`[V, lanes]`), kept for the backward pass.
+    plaq: Vec<Vec<f64>>,
+    /// Conditioner input (cos P, sin P) on the frozen plaquettes per layer slot
+    /// (`[2, V, lanes]`).
+    cond: Vec<Vec<T>>,
     /// Conditioner activations per layer slot.
     activations: Vec<Vec<Vec<T>>>,
     log_det: Vec<f64>,
@@ -305,8 +306,8 @@ impl<T: Real> Workspace<T> {
         Self {
             lanes,
             links: vec![T::ZERO; (layers + 1) * 2 * v * lanes],
-            plaq: vec![0.0; v * lanes],
-            cond: vec![T::ZERO; 2 * v * lanes],
+            plaq: vec![vec![0.0; v * lanes]; layers],
+            cond: vec![vec![T::ZERO; 2 * v * lanes]; layers],
             activations: (0..layers)
                 .map(|_| flow.net.activations(v, lanes))
                 .collect(),
@@ -587,8 +588,10 @@ impl<T: Real> GaugeFlow<T> {
         let n = ws.lanes;
         let plane = v * n;
         let links = &ws.links[slot_in * 2 * plane..(slot_in + 1) * 2 * plane];
-        self.plaquettes(links, n, &mut ws.plaq[..plane]);
-        self.mask(&ws.plaq[..plane], l, n, &mut ws.cond[..2 * plane]);
+        let plaq = &mut ws.plaq[slot_act][..plane];
+        self.plaquettes(links, n, plaq);
+        let cond = &mut ws.cond[slot_act][..2 * plane];
+        self.mask(plaq, l, n, cond);
         let acts = &mut ws.activations[slot_act];
         for (a, conv) in acts.iter_mut().zip(self.net.convs()) {
             a.resize(conv.c_out * plane, T::ZERO);
@@ -596,7 +599,7 @@ impl<T: Real> GaugeFlow<T> {
         self.net.forward(
             &self.stencil,
             self.layer_params(l),
-            &ws.cond[..2 * plane],
+            cond,
             n,
             &self.masks[l].active,
             acts,
@@ -642,6 +645,7 @@ impl<T: Real> GaugeFlow<T> {
             let (input, output) = two_slots(links, 2 * plane, slot_in, slot_out);
             output.copy_from_slice(input);
             let out = &activations[slot_act][self.net.convs().len() - 1];
+            let plaq = &plaq[slot_act];
             let mask = &self.masks[l];
             let sign = if mask.mu == 0 { 1.0 } else { -1.0 };
             for &s in &mask.active {
@@ -669,7 +673,8 @@ impl<T: Real> GaugeFlow<T> {
         }
     }
 
-    /// Backward pass of the reverse-KL loss through every layer of a chunk run with `save`:
+    /// Backward pass of the reverse-KL loss through every layer of a chunk run with `save`
+    /// (its plaquettes, conditioner inputs and activations reused, not recomputed):
     /// `ws.grad_links` holds dL/dx on entry; `log_det_weight` is dL/d(log|det J|) per sample.
     /// The parameter gradient lands in `ws.grad_params`.
     fn chunk_backward(&self, ws: &mut Workspace<T>, weights_t: &[T], log_det_weight: f64) {
@@ -681,7 +686,6 @@ impl<T: Real> GaugeFlow<T> {
         let np = self.net.param_len();
         ws.grad_params.fill(T::ZERO);
         for l in (0..self.config.layers).rev() {
-            self.condition_recompute(ws, l);
             let Workspace {
                 plaq,
                 cond,
@@ -696,7 +700,7 @@ impl<T: Real> GaugeFlow<T> {
                 grad_raw,
                 ..
             } = ws;
-            let acts = &activations[l];
+            let (acts, plaq, cond) = (&activations[l], &plaq[l], &cond[l]);
             let out = &acts[acts.len() - 1];
             let mask = &self.masks[l];
             let sign = if mask.mu == 0 { 1.0 } else { -1.0 };
@@ -762,15 +766,6 @@ impl<T: Real> GaugeFlow<T> {
                 }
             }
         }
-    }
-
-    /// The plaquettes and conditioner input of layer l from its saved input (the saved
-    /// activations are reused as they are).
-    fn condition_recompute(&self, ws: &mut Workspace<T>, l: usize) {
-        let plane = self.volume() * ws.lanes;
-        let links = &ws.links[l * 2 * plane..(l + 1) * 2 * plane];
-        self.plaquettes(links, ws.lanes, &mut ws.plaq[..plane]);
-        self.mask(&ws.plaq[..plane], l, ws.lanes, &mut ws.cond[..2 * plane]);
     }
 
     /// Forward with saved activations, the target's action and force, and the backward pass
@@ -1091,9 +1086,11 @@ mod tests {
                 flow32.log_prob(&x32).unwrap(),
                 flow32.log_prob(&xg32).unwrap(),
             );
+            // f32 round-off through 16 inverse layers: at most 0.056 on |log q| ~ 235 here
+            // (2.4e-4 relative); the f64 check above is the exact one.
             for (a, b) in lq.iter().zip(&lqg) {
                 assert!(
-                    (a - b).abs() < 2e-3 * (1.0 + a.abs()),
+                    (a - b).abs() < 5e-4 * (1.0 + a.abs()),
                     "{circle:?} f32: {a} vs {b}"
                 );
             }

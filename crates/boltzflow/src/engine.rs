@@ -258,7 +258,6 @@ fn gauge_config(
         circle,
         seed: section.seed,
     };
-    GaugeFlow::<f32>::new(&config).map_err(|e| anyhow!("[flow]: {e}"))?;
     Ok(config)
 }
 
