@@ -289,6 +289,11 @@ fn spline<B: Backend>(
     circular: bool,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [n, m] = v.dims();
+    // A fresh row-major copy: on burn-ndarray 0.21 the tail mask of a strided input (the
+    // active variables come from a select) came out in another element order than the input,
+    // which clamped tail values of batches > 1 to +-B (kept by
+    // `spline_tails_are_the_identity_in_batches`).
+    let v = v.reshape([n * m]).reshape([n, m]);
     let period = knots.hi - knots.lo;
     // Interval inputs are clamped (the tails are restored below); circle inputs are wrapped.
     let inside_value = if circular {

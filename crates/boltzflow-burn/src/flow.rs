@@ -23,9 +23,28 @@
 //! transform with a conv conditioner this is exactly the layout of
 //! `boltzflow_flow::AffineFlow`, so the two implementations load each other's parameters.
 //!
+//! # Centre of mass
+//! With `centre_of_mass = "remove"` (particle systems `[n, d]` whose energy is translation
+//! invariant, e.g. DW4 and LJ13) the couplings act on the `(n - 1) d` internal coordinates y
+//! and x = y E with the orthonormal Helmert embedding `E [(n-1) d, n d]`,
+//!
+//! ```text
+//! E[(k, c), (i, c)] = h_k[i],  h_k = (1, ..., 1, -k, 0, ..., 0) / sqrt(k (k + 1)),  k = 1 .. n-1
+//! ```
+//!
+//! (k ones), so every sample has sum_i x_i = 0 and y = x E^T. E is an isometry onto the
+//! centre-of-mass-free subspace, so it adds nothing to the log-det: log q is the density on
+//! that subspace with respect to its own Lebesgue measure, and ln Z estimates
+//! Z_int = integral over the subspace of exp(-S).
+//!
+//! # Prior variance
+//! The normal prior has variance `v` (1 unless set with [`Flow::set_prior_variance`]):
+//! the Boltzmann-generator trick of sampling temperature T with z ~ N(0, T / T_0).
+//!
 //! # Shapes
 //! Configurations are `[N, dim]` with `dim` the product of `shape` (the target's flat
-//! layout); log-dets and log q are `[N]`.
+//! layout), prior draws `[N, latent_dim]` (`dim`, or `(n - 1) d` without the centre of
+//! mass); log-dets and log q are `[N]`.
 
 use std::f64::consts::PI;
 use std::ops::Range;
@@ -135,10 +154,16 @@ pub enum Prior {
 impl Prior {
     /// log pi(z) of one sample (f32 or f64 values), in f64.
     pub fn log_density<T: Copy + Into<f64>>(self, z: &[T]) -> f64 {
+        self.log_density_with(z, 1.0)
+    }
+
+    /// log pi(z) with the normal prior's variance `var` (N(0, var) per variable; the
+    /// circular prior ignores it).
+    pub fn log_density_with<T: Copy + Into<f64>>(self, z: &[T], var: f64) -> f64 {
         match self {
             Self::Normal => {
-                -0.5 * z.iter().map(|&v| v.into().powi(2)).sum::<f64>()
-                    - 0.5 * z.len() as f64 * (2.0 * PI).ln()
+                -0.5 * z.iter().map(|&v| v.into().powi(2)).sum::<f64>() / var
+                    - 0.5 * z.len() as f64 * (2.0 * PI * var).ln()
             }
             Self::UniformCircle => -(z.len() as f64) * (2.0 * PI).ln(),
         }
@@ -146,9 +171,15 @@ impl Prior {
 
     /// n values drawn from pi.
     pub fn draw<R: Rng + ?Sized>(self, n: usize, rng: &mut R) -> Vec<f32> {
+        self.draw_with(n, 1.0, rng)
+    }
+
+    /// n values drawn from pi with the normal prior's variance `var`.
+    pub fn draw_with<R: Rng + ?Sized>(self, n: usize, var: f64, rng: &mut R) -> Vec<f32> {
+        let sd = var.sqrt();
         match self {
             Self::Normal => (0..n)
-                .map(|_| rng.sample::<f64, _>(StandardNormal) as f32)
+                .map(|_| (sd * rng.sample::<f64, _>(StandardNormal)) as f32)
                 .collect(),
             Self::UniformCircle => (0..n)
                 .map(|_| (rng.random::<f64>() * 2.0 * PI) as f32)
@@ -159,6 +190,18 @@ impl Prior {
 
 fn default_layers() -> usize {
     16
+}
+
+/// What a flow over particles `[n, d]` does with the centre of mass.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CentreOfMass {
+    /// The flow models every coordinate.
+    #[default]
+    Keep,
+    /// The flow models the `(n - 1) d` internal coordinates; samples have zero centre of
+    /// mass (module docs).
+    Remove,
 }
 
 /// Architecture and initialisation of a [`Flow`].
@@ -183,6 +226,9 @@ pub struct FlowConfig {
     /// The base distribution.
     #[serde(default)]
     pub prior: Prior,
+    /// Centre-of-mass handling of particle systems `[n, d]` (default keep).
+    #[serde(default)]
+    pub centre_of_mass: CentreOfMass,
     /// Seed of the parameter initialisation.
     pub seed: u64,
 }
@@ -204,6 +250,7 @@ impl FlowConfig {
             mask: Mask::Checkerboard,
             z2: false,
             prior: Prior::Normal,
+            centre_of_mass: CentreOfMass::Keep,
             seed,
         }
     }
@@ -219,7 +266,23 @@ impl FlowConfig {
                 "a flow needs at least one coupling layer",
             );
         }
-        if self.shape.iter().product::<usize>() < 2 {
+        if self.centre_of_mass == CentreOfMass::Remove {
+            if self.shape.len() != 2 || self.shape[0] < 2 {
+                return invalid(
+                    "centre_of_mass",
+                    format!("remove on shape {:?}", self.shape),
+                    "removing the centre of mass needs particles [n >= 2, d]; set centre_of_mass = \"keep\"",
+                );
+            }
+            if matches!(self.prior, Prior::UniformCircle) {
+                return invalid(
+                    "centre_of_mass",
+                    "remove".into(),
+                    "angles have no centre of mass; set centre_of_mass = \"keep\"",
+                );
+            }
+        }
+        if self.latent_dim() < 2 {
             return invalid(
                 "shape",
                 format!("{:?}", self.shape),
@@ -234,6 +297,13 @@ impl FlowConfig {
             );
         }
         match &self.conditioner {
+            Conditioner::Conv { .. } if self.centre_of_mass == CentreOfMass::Remove => {
+                return invalid(
+                    "conditioner",
+                    "conv without the centre of mass".into(),
+                    "internal particle coordinates are no lattice; use an mlp conditioner",
+                );
+            }
             Conditioner::Conv { hidden, kernel, .. } => {
                 if self.shape.len() != 2 {
                     return invalid(
@@ -274,11 +344,12 @@ impl FlowConfig {
                 }
             }
         }
-        if matches!(self.mask, Mask::Checkerboard) && self.shape.iter().any(|l| l % 2 == 1) {
+        let latent = self.latent_shape();
+        if matches!(self.mask, Mask::Checkerboard) && latent.iter().any(|l| l % 2 == 1) {
             return invalid(
                 "shape",
-                format!("{:?}", self.shape),
-                "checkerboard masks need even extents on a periodic lattice; use mask = \"alternating\"",
+                format!("{latent:?}"),
+                "checkerboard masks need even extents on a periodic lattice; use mask = \"alternating\" (or \"halves\")",
             );
         }
         Ok(())
@@ -288,6 +359,38 @@ impl FlowConfig {
     pub fn dim(&self) -> usize {
         self.shape.iter().product()
     }
+
+    /// Shape of the variables the couplings act on: `shape`, or `[n - 1, d]` without the
+    /// centre of mass.
+    pub fn latent_shape(&self) -> Vec<usize> {
+        match self.centre_of_mass {
+            CentreOfMass::Remove if self.shape.len() == 2 && self.shape[0] >= 1 => {
+                vec![self.shape[0] - 1, self.shape[1]]
+            }
+            _ => self.shape.clone(),
+        }
+    }
+
+    /// Number of variables the couplings act on (prior draws per configuration).
+    pub fn latent_dim(&self) -> usize {
+        self.latent_shape().iter().product()
+    }
+}
+
+/// The orthonormal Helmert embedding `E [(n-1) d, n d]` (row-major) of the internal
+/// coordinates of n particles in d dimensions (module docs).
+pub fn helmert_embedding(n: usize, d: usize) -> Vec<f64> {
+    let mut e = vec![0.0; (n - 1) * d * n * d];
+    for k in 1..n {
+        let norm = 1.0 / ((k * (k + 1)) as f64).sqrt();
+        for i in 0..=k {
+            let h = if i < k { norm } else { -(k as f64) * norm };
+            for c in 0..d {
+                e[((k - 1) * d + c) * n * d + i * d + c] = h;
+            }
+        }
+    }
+    e
 }
 
 /// One linear map of a conditioner: a conv `[c_out, c_in, K, K]` or a dense `[in, out]` map.
@@ -331,6 +434,10 @@ pub struct Flow<B: Backend> {
     /// Periodic K x K neighbourhoods: `neighbours[s K^2 + k]` = site (y + ky - K/2, x + kx -
     /// K/2) of site s = (y, x), k = ky K + kx (conv conditioners only).
     neighbours: Option<Tensor<B, 1, Int>>,
+    /// The centre-of-mass embedding `E` and its transpose (module docs).
+    embedding: Option<(Tensor<B, 2>, Tensor<B, 2>)>,
+    /// Variance of the normal prior.
+    prior_var: f64,
     params: Tensor<B, 1>,
     device: B::Device,
 }
@@ -379,9 +486,41 @@ impl<B: Backend> Flow<B> {
             layers,
             tables,
             neighbours,
+            embedding: embedding_tables(config, device),
+            prior_var: 1.0,
             params,
             device: device.clone(),
         })
+    }
+
+    /// Variance of the normal prior (1 by default).
+    pub fn prior_variance(&self) -> f64 {
+        self.prior_var
+    }
+
+    /// Sets the normal prior's variance `var > 0` (sampling at T = var T_0).
+    pub fn set_prior_variance(&mut self, var: f64) -> Result<()> {
+        if !(var.is_finite() && var > 0.0) {
+            return Err(FlowError::InvalidConfig {
+                name: "prior variance",
+                value: var.to_string(),
+                fix: "the prior variance (temperature ratio) must be finite and > 0",
+            });
+        }
+        self.prior_var = var;
+        Ok(())
+    }
+
+    /// log pi(z) of one host prior draw in f64.
+    pub fn log_prior_host<T: Copy + Into<f64>>(&self, z: &[T]) -> f64 {
+        self.config.prior.log_density_with(z, self.prior_var)
+    }
+
+    /// `n` host prior draws `[n, latent_dim]`.
+    pub fn draw_prior<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> Vec<f32> {
+        self.config
+            .prior
+            .draw_with(n * self.config.latent_dim(), self.prior_var, rng)
     }
 
     /// The architecture.
@@ -454,7 +593,7 @@ impl<B: Backend> Flow<B> {
         ))
     }
 
-    /// x = f(z) and sum_l log|det J_l|. Shapes: `[N, dim]` -> (`[N, dim]`, `[N]`).
+    /// x = f(z) and sum_l log|det J_l|. Shapes: `[N, latent_dim]` -> (`[N, dim]`, `[N]`).
     pub fn forward(&self, z: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 1>) {
         let [n, _] = z.dims();
         let mut log_det = Tensor::<B, 1>::zeros([n], self.options());
@@ -464,14 +603,29 @@ impl<B: Backend> Flow<B> {
             x = y;
             log_det = log_det + ld;
         }
+        if let Some((e, _)) = &self.embedding {
+            x = x.matmul(e.clone());
+        }
         (x, log_det)
     }
 
-    /// z = f^-1(x) and sum_l log|det J_l^-1| (= minus the forward log-det at z).
+    /// The coordinates the couplings act on: y = x E^T without the centre of mass, x
+    /// otherwise. Shapes: `[N, dim]` -> `[N, latent_dim]`.
+    pub fn internal(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.embedding {
+            Some((_, e_t)) => x.matmul(e_t.clone()),
+            None => x,
+        }
+    }
+
+    /// z = f^-1(x) and sum_l log|det J_l^-1| (= minus the forward log-det at z). Without
+    /// the centre of mass, x is first projected onto the internal coordinates y = x E^T
+    /// (its centre of mass, if any, is dropped). Shapes: `[N, dim]` -> (`[N, latent_dim]`,
+    /// `[N]`).
     pub fn inverse(&self, x: Tensor<B, 2>) -> (Tensor<B, 2>, Tensor<B, 1>) {
         let [n, _] = x.dims();
         let mut log_det = Tensor::<B, 1>::zeros([n], self.options());
-        let mut z = x;
+        let mut z = self.internal(x);
         for l in (0..self.layers.len()).rev() {
             let (y, ld) = self.couple(l, z, true);
             z = y;
@@ -483,9 +637,10 @@ impl<B: Backend> Flow<B> {
     /// log pi(z) per sample as a tensor `[N]` (for losses).
     pub fn log_prior(&self, z: Tensor<B, 2>) -> Tensor<B, 1> {
         let [n, dim] = z.dims();
+        let var = self.prior_var;
         match self.config.prior {
-            Prior::Normal => (z.square().sum_dim(1).mul_scalar(-0.5)
-                - (0.5 * dim as f64 * (2.0 * PI).ln()))
+            Prior::Normal => (z.square().sum_dim(1).mul_scalar(-0.5 / var)
+                - (0.5 * dim as f64 * (2.0 * PI * var).ln()))
             .reshape([n]),
             Prior::UniformCircle => {
                 Tensor::<B, 1>::full([n], -(dim as f64) * (2.0 * PI).ln(), self.options())
@@ -497,15 +652,15 @@ impl<B: Backend> Flow<B> {
     /// Runs in chunks of [`SAMPLE_CHUNK`] samples (the conv conditioners' patch matrices grow
     /// with the batch). Shapes: (`[n, dim]` row-major, `[n]`).
     pub fn sample<R: Rng + ?Sized>(&self, n: usize, rng: &mut R) -> (Vec<f32>, Vec<f64>) {
-        let z = self.config.prior.draw(n * self.config.dim(), rng);
+        let z = self.draw_prior(n, rng);
         self.push_forward(&z)
             .expect("the prior draws whole configurations")
     }
 
     /// x = f(z) and log q(x) = log pi(z) - log|det df/dz| of host prior draws `z`
-    /// `[n, dim]`, in chunks of [`SAMPLE_CHUNK`] samples.
+    /// `[n, latent_dim]`, in chunks of [`SAMPLE_CHUNK`] samples.
     pub fn push_forward(&self, z: &[f32]) -> Result<(Vec<f32>, Vec<f64>)> {
-        let dim = self.config.dim();
+        let dim = self.config.latent_dim();
         if !z.len().is_multiple_of(dim) {
             return Err(FlowError::Shape {
                 what: "prior draws",
@@ -514,7 +669,7 @@ impl<B: Backend> Flow<B> {
             });
         }
         let n = z.len() / dim;
-        let mut x = Vec::with_capacity(n * dim);
+        let mut x = Vec::with_capacity(n * self.config.dim());
         let mut log_q = Vec::with_capacity(n);
         for z in z.chunks(SAMPLE_CHUNK * dim) {
             let m = z.len() / dim;
@@ -524,7 +679,7 @@ impl<B: Backend> Flow<B> {
             log_q.extend(
                 z.chunks(dim)
                     .zip(host64(log_det))
-                    .map(|(z, ld)| self.config.prior.log_density(z) - ld),
+                    .map(|(z, ld)| self.log_prior_host(z) - ld),
             );
         }
         Ok((x, log_q))
@@ -533,15 +688,16 @@ impl<B: Backend> Flow<B> {
     /// log q(x) of `[n, dim]` host configurations (in chunks of [`SAMPLE_CHUNK`]).
     pub fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>> {
         let dim = self.config.dim();
+        let latent = self.config.latent_dim();
         self.tensor(x)?;
         let mut log_q = Vec::with_capacity(x.len() / dim);
         for x in x.chunks(SAMPLE_CHUNK * dim) {
             let (z, log_det) = self.inverse(self.tensor(x)?);
             let z = host64(z);
             log_q.extend(
-                z.chunks(dim)
+                z.chunks(latent)
                     .zip(host64(log_det))
-                    .map(|(z, ld)| self.config.prior.log_density(z) + ld),
+                    .map(|(z, ld)| self.log_prior_host(z) + ld),
             );
         }
         Ok(log_q)
@@ -702,11 +858,12 @@ pub fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 
 /// The layers' masks and parameter ranges.
 fn plan(config: &FlowConfig) -> Vec<Layer> {
-    let dim = config.dim();
+    let dim = config.latent_dim();
+    let shape = config.latent_shape();
     let p = config.transform.params_per_variable();
     let coordinate_parity = |mut i: usize| -> usize {
         let mut sum = 0;
-        for &l in config.shape.iter().rev() {
+        for &l in shape.iter().rev() {
             sum += i % l;
             i /= l;
         }
@@ -783,10 +940,29 @@ impl<B: burn::tensor::backend::AutodiffBackend> Flow<B> {
             layers: self.layers.clone(),
             tables,
             neighbours,
+            embedding: embedding_tables(&self.config, &self.device),
+            prior_var: self.prior_var,
             params: self.params.clone().inner(),
             device: self.device.clone(),
         }
     }
+}
+
+/// `E` and `E^T` on `device` when the flow removes the centre of mass.
+fn embedding_tables<B: Backend>(
+    config: &FlowConfig,
+    device: &B::Device,
+) -> Option<(Tensor<B, 2>, Tensor<B, 2>)> {
+    if config.centre_of_mass != CentreOfMass::Remove {
+        return None;
+    }
+    let [n, d] = [config.shape[0], config.shape[1]];
+    let e = Tensor::<B, 2>::from_data(
+        TensorData::new(helmert_embedding(n, d), [(n - 1) * d, n * d]),
+        (device, float_dtype::<B>()),
+    );
+    let e_t = e.clone().transpose();
+    Some((e, e_t))
 }
 
 /// The device-side tables of every layer and, for conv conditioners, the neighbour table.

@@ -19,7 +19,7 @@ pub mod model;
 
 pub use bijector::Transform;
 pub use boltzflow_flow::{FlowError, FlowModel, Result};
-pub use flow::{Activation, Conditioner, Flow, FlowConfig, Mask, Prior};
+pub use flow::{Activation, CentreOfMass, Conditioner, Flow, FlowConfig, Mask, Prior};
 pub use model::{BurnModel, CpuBackend};
 
 /// A CUDA GPU by index (in the order of CUDA_VISIBLE_DEVICES).

@@ -17,7 +17,7 @@ use rand_xoshiro::Xoshiro256PlusPlus;
 use boltzflow_targets::{Target, TargetSpec};
 
 use crate::action::{TensorAction, tensor_action};
-use crate::flow::{Flow, FlowConfig, host, host64};
+use crate::flow::{Flow, FlowConfig, Prior, host, host64};
 use crate::{FlowError, FlowModel, Result};
 
 /// The default CPU backend: burn's ndarray backend with autodiff.
@@ -31,6 +31,13 @@ pub type CudaBackend = Autodiff<burn::backend::Cuda<f32>>;
 pub struct BurnModel<B: AutodiffBackend> {
     flow: Flow<B>,
     action: Box<dyn TensorAction<B>>,
+    /// T / T_0 of [`FlowModel::set_temperature`]: the prior variance, and the divisor of the
+    /// actions.
+    temperature: f64,
+    /// Whether the target is E / T (molecular), so that a temperature change is meaningful.
+    thermal: bool,
+    /// [`FlowModel::set_regularization`]'s threshold.
+    regularize_above: Option<f64>,
 }
 
 impl<B: AutodiffBackend> BurnModel<B> {
@@ -41,6 +48,7 @@ impl<B: AutodiffBackend> BurnModel<B> {
             value: e.to_string(),
             fix: "fix the lattice file",
         })?;
+        let thermal = spec.temperature().is_some();
         if target.shape() != config.shape {
             return Err(FlowError::InvalidConfig {
                 name: "shape",
@@ -55,6 +63,9 @@ impl<B: AutodiffBackend> BurnModel<B> {
                 value: e.to_string(),
                 fix: "fix the lattice file",
             })?,
+            temperature: 1.0,
+            thermal,
+            regularize_above: None,
         })
     }
 
@@ -110,8 +121,39 @@ impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
         self.flow.set_params(params)
     }
 
+    fn latent_dim(&self) -> usize {
+        self.flow.config().latent_dim()
+    }
+
+    fn set_temperature(&mut self, ratio: f64) -> Result<()> {
+        if ratio != 1.0 && !(self.thermal && self.flow.config().prior == Prior::Normal) {
+            return Err(FlowError::InvalidConfig {
+                name: "temperature",
+                value: ratio.to_string(),
+                fix: "other temperatures need a molecular target (S = E / T) and a normal prior",
+            });
+        }
+        self.flow.set_prior_variance(ratio)?;
+        self.temperature = ratio;
+        Ok(())
+    }
+
+    fn set_regularization(&mut self, c: Option<f64>) -> Result<()> {
+        if let Some(c) = c
+            && !c.is_finite()
+        {
+            return Err(FlowError::InvalidConfig {
+                name: "regularize_above",
+                value: c.to_string(),
+                fix: "give a finite action threshold, e.g. 1e3",
+            });
+        }
+        self.regularize_above = c;
+        Ok(())
+    }
+
     fn draw_prior(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> Vec<f32> {
-        self.flow.config().prior.draw(n * self.dim(), rng)
+        self.flow.draw_prior(n, rng)
     }
 
     fn push_forward(&self, z: &[f32]) -> Result<(Vec<f32>, Vec<f64>)> {
@@ -129,17 +171,16 @@ impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
         z: &[f32],
         grad: &mut [f32],
     ) -> Result<(Vec<f64>, Vec<f64>)> {
-        let dim = self.dim();
+        let dim = self.latent_dim();
         if z.is_empty() || !z.len().is_multiple_of(dim) {
             return Err(FlowError::InvalidConfig {
                 name: "prior draws",
                 value: z.len().to_string(),
-                fix: "pass whole configurations [batch, dim]",
+                fix: "pass whole configurations [batch, latent_dim]",
             });
         }
         let batch = z.len() / dim;
-        let prior = self.flow.config().prior;
-        let log_prior: Vec<f64> = z.chunks(dim).map(|z| prior.log_density(z)).collect();
+        let log_prior: Vec<f64> = z.chunks(dim).map(|z| self.flow.log_prior_host(z)).collect();
         let tracked = self.tracked();
         let zt = Tensor::<B, 2>::from_data(
             TensorData::new(z.to_vec(), [batch, dim]),
@@ -147,12 +188,30 @@ impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
         );
         let (x, log_det) = tracked.forward(zt.clone());
         let log_q_t = tracked.log_prior(zt) - log_det.clone();
-        let loss = (log_q_t + self.action.action(x.clone())).mean();
+        let beta = 1.0 / self.temperature;
+        let action = self.action.action(x.clone());
+        let action = if beta == 1.0 {
+            action
+        } else {
+            action.mul_scalar(beta)
+        };
+        // c + ln(1 + relu(S - c)) + min(S, c) - c = the regularised action, branch-free
+        let action = match self.regularize_above {
+            Some(c) => action.clone().clamp_max(c) + action.sub_scalar(c).clamp_min(0.0).log1p(),
+            None => action,
+        };
+        let loss = (log_q_t + action).mean();
         write_gradient(loss, tracked.params(), grad)?;
         let x = host(x);
         let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
         let mut actions = vec![0.0; batch];
         target.action_batch(&x64, &mut actions);
+        actions.iter_mut().for_each(|s| *s *= beta);
+        if let Some(c) = self.regularize_above {
+            actions
+                .iter_mut()
+                .for_each(|s| *s = boltzflow_flow::model::regularized_action(*s, c));
+        }
         let log_q = log_prior
             .iter()
             .zip(host64(log_det))
@@ -167,12 +226,11 @@ impl<B: AutodiffBackend> FlowModel for BurnModel<B> {
         let (z, log_det) = tracked.inverse(xt);
         let log_q_t = tracked.log_prior(z.clone()) + log_det.clone();
         write_gradient(-log_q_t.mean(), tracked.params(), grad)?;
-        let dim = self.dim();
-        let prior = self.flow.config().prior;
+        let dim = self.latent_dim();
         Ok(host64(z)
             .chunks(dim)
             .zip(host64(log_det))
-            .map(|(z, ld)| prior.log_density(z) + ld)
+            .map(|(z, ld)| self.flow.log_prior_host(z) + ld)
             .collect())
     }
 }

@@ -105,6 +105,7 @@ fn forward_kl_gradient_matches_finite_differences() {
         mask: Mask::Alternating,
         z2: false,
         prior: Prior::Normal,
+        centre_of_mass: boltzflow_burn::CentreOfMass::Keep,
         seed: 8,
     };
     let spec = TargetSpec::Dw4(boltzflow_targets::molecular::Dw4Spec {
@@ -194,6 +195,7 @@ fn trained_spline_flow_reproduces_the_double_well_ln_z() {
         mask: Mask::Alternating,
         z2: false,
         prior: Prior::Normal,
+        centre_of_mass: boltzflow_burn::CentreOfMass::Keep,
         seed: 2,
     };
     let mut model =
@@ -235,4 +237,99 @@ fn trained_spline_flow_reproduces_the_double_well_ln_z() {
         (ln_z - exact_ln_z).abs() < 4.0 * ln_z_err,
         "ln Z {ln_z} +- {ln_z_err} vs exact {exact_ln_z}"
     );
+}
+
+/// Temperature and regularisation of the reverse KL on DW4 without its centre of mass: at
+/// T = r T_0 the prior has variance r (log q of the pushed-forward draws equals `log_prob`,
+/// and the prior draws have variance r), the returned actions are S / r, and with
+/// `regularize_above = c` every returned action above c is c + ln(1 + S - c); the samples
+/// have zero centre of mass.
+#[test]
+fn temperature_scales_prior_and_action_and_regularisation_softens_it() {
+    let spec = TargetSpec::Dw4(boltzflow_targets::molecular::Dw4Spec {
+        temperature: 1.0,
+        n_particles: 4,
+        a: 0.0,
+        b: -4.0,
+        c: 0.9,
+        d0: 4.0,
+    });
+    let target = spec.build().unwrap();
+    let config = FlowConfig {
+        shape: vec![4, 2],
+        layers: 4,
+        transform: Transform::Spline {
+            bins: 4,
+            bound: 5.0,
+        },
+        conditioner: Conditioner::Mlp {
+            hidden: vec![8],
+            activation: Activation::Tanh,
+        },
+        mask: Mask::Alternating,
+        z2: false,
+        prior: Prior::Normal,
+        centre_of_mass: boltzflow_burn::CentreOfMass::Remove,
+        seed: 3,
+    };
+    let mut model =
+        BurnModel::<Autodiff<NdArray<f32>>>::new(&config, &spec, &Default::default()).unwrap();
+    assert_eq!((model.dim(), model.latent_dim()), (8, 6));
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(4);
+    let ratio = 2.5;
+    model.set_temperature(ratio).unwrap();
+    let z = model.draw_prior(4000, &mut rng);
+    let var = z.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / z.len() as f64;
+    // the sample variance of 24000 normals has a relative error of sqrt(2 / 24000) = 0.9%
+    assert!(
+        (var / ratio - 1.0).abs() < 4.0 * (2.0f64 / 24000.0).sqrt(),
+        "{var}"
+    );
+    let (x, log_q) = model.push_forward(&z[..6 * 16]).unwrap();
+    let again = model.log_prob(&x).unwrap();
+    for (a, b) in log_q.iter().zip(&again) {
+        assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+    for config in x.chunks(8) {
+        let cx: f32 = config.iter().step_by(2).sum();
+        let cy: f32 = config.iter().skip(1).step_by(2).sum();
+        assert!(cx.abs() < 1e-4 && cy.abs() < 1e-4, "centre {cx} {cy}");
+    }
+    let mut grad = vec![0f32; model.params().len()];
+    let (actions, log_q_r) = model
+        .reverse_kl_gradient_at(target.as_ref(), &z[..6 * 16], &mut grad)
+        .unwrap();
+    let x64: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let mut exact = vec![0.0; 16];
+    target.action_batch(&x64, &mut exact);
+    for ((s, e), (lq, lq0)) in actions.iter().zip(&exact).zip(log_q_r.iter().zip(&log_q)) {
+        assert!(
+            (s - e / ratio).abs() < 1e-4 * (1.0 + e.abs()),
+            "{s} vs {e} / {ratio}"
+        );
+        assert!((lq - lq0).abs() < 1e-3 * (1.0 + lq.abs()));
+    }
+    // Regularised above the median action: the upper half is softened, the rest untouched.
+    let mut sorted = actions.clone();
+    sorted.sort_by(f64::total_cmp);
+    let c = sorted[8];
+    model.set_regularization(Some(c)).unwrap();
+    let (soft, _) = model
+        .reverse_kl_gradient_at(target.as_ref(), &z[..6 * 16], &mut grad)
+        .unwrap();
+    for (s, r) in actions.iter().zip(&soft) {
+        let want = if *s > c { c + (s - c).ln_1p() } else { *s };
+        assert!(
+            (r - want).abs() < 1e-9 * (1.0 + want.abs()),
+            "{r} vs {want}"
+        );
+    }
+    assert!(grad.iter().all(|g| g.is_finite()));
+    // Back at T_0 the prior is standard again.
+    model.set_temperature(1.0).unwrap();
+    let z = model.draw_prior(4000, &mut rng);
+    let var = z.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>() / z.len() as f64;
+    assert!((var - 1.0).abs() < 4.0 * (2.0f64 / 24000.0).sqrt(), "{var}");
+    // A non-positive temperature is refused.
+    assert!(model.set_temperature(0.0).is_err());
 }

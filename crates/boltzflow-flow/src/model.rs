@@ -7,6 +7,12 @@ use boltzflow_targets::Target;
 
 use crate::{AffineFlow, FlowError, Result, Trainer};
 
+/// `S` regularised above `c`: c + ln(1 + S - c) for S > c, S otherwise (also for S = inf,
+/// which maps to inf).
+pub fn regularized_action(s: f64, c: f64) -> f64 {
+    if s > c { c + (s - c).ln_1p() } else { s }
+}
+
 /// A trainable flow with exact log q: sampling, density evaluation and KL gradients with
 /// respect to a flat f32 parameter vector.
 ///
@@ -16,11 +22,47 @@ use crate::{AffineFlow, FlowError, Result, Trainer};
 pub trait FlowModel: Send {
     /// Variables per configuration.
     fn dim(&self) -> usize;
+    /// Variables per prior draw: [`FlowModel::dim`], or fewer when the flow maps onto a
+    /// subspace (particles without their centre of mass).
+    fn latent_dim(&self) -> usize {
+        self.dim()
+    }
+    /// Trains and samples at temperature `ratio` T_0 (T_0 the target's): the normal prior
+    /// gets variance `ratio` and the tensor action of the reverse KL becomes S / ratio (the
+    /// Boltzmann-generator recipe, Noe et al. 2019); the actions this model returns are
+    /// scaled alike. `ratio = 1` restores the target's temperature. Only flows with a normal
+    /// prior and a target of the form E / T support it.
+    fn set_temperature(&mut self, ratio: f64) -> Result<()> {
+        if ratio == 1.0 {
+            Ok(())
+        } else {
+            Err(FlowError::InvalidConfig {
+                name: "temperature",
+                value: ratio.to_string(),
+                fix: "this flow trains at the target's temperature only; use the burn engine with a normal prior",
+            })
+        }
+    }
     /// The parameters.
     fn params(&self) -> Vec<f32>;
     /// Replaces the parameters (length [`FlowModel::params`]`.len()`).
     fn set_params(&mut self, params: &[f32]) -> Result<()>;
-    /// `n` prior draws z ~ pi, `[n, dim]`: the noise of [`FlowModel::sample`] and
+    /// Regularises the action of the reverse KL above `c`: S -> c + ln(1 + S - c) for S > c
+    /// (Noe et al. 2019), so that a rare sample deep in a wall or a particle clash does not
+    /// dominate the gradient; the actions returned by the reverse-KL gradient are the
+    /// regularised ones, sampling and reweighting always use the true S. `None` switches it
+    /// off. Only the burn engine supports it.
+    fn set_regularization(&mut self, c: Option<f64>) -> Result<()> {
+        match c {
+            None => Ok(()),
+            Some(c) => Err(FlowError::InvalidConfig {
+                name: "regularize_above",
+                value: c.to_string(),
+                fix: "only burn flows regularise the action; set flow.engine = \"burn\" or remove train.regularize_above",
+            }),
+        }
+    }
+    /// `n` prior draws z ~ pi, `[n, latent_dim]`: the noise of [`FlowModel::sample`] and
     /// [`FlowModel::reverse_kl_gradient`], drawn sample after sample from `rng`, so that the
     /// first k of `n` draws are the k draws of a call with k (how data-parallel ranks split
     /// one batch).
@@ -35,7 +77,7 @@ pub trait FlowModel: Send {
     }
     /// log q(x) of given configurations.
     fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>>;
-    /// Reverse KL on the samples x_b = f(z_b) of given prior draws `z` `[B, dim]`: writes
+    /// Reverse KL on the samples x_b = f(z_b) of given prior draws `z` `[B, latent_dim]`: writes
     /// d/dtheta of (1/B) sum_b [log q(x_b) + S(x_b)] (reparameterised) into `grad` and
     /// returns (S, log q) per sample.
     fn reverse_kl_gradient_at(

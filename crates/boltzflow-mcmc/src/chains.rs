@@ -91,6 +91,26 @@ impl Chains {
         })
     }
 
+    /// Starts chain c from `starts[(stream_offset + c) % starts.len()]` (every start has
+    /// `dim` values; see [`crate::start::read_coordinates`]); no-op for no starts.
+    pub fn start_from(&mut self, starts: &[Vec<f64>], stream_offset: u64) -> Result<()> {
+        let dim = self.target.dim();
+        if let Some(bad) = starts.iter().find(|s| s.len() != dim) {
+            return Err(McmcError::State(format!(
+                "a start configuration has {} values, the target needs {dim}",
+                bad.len()
+            )));
+        }
+        if starts.is_empty() {
+            return Ok(());
+        }
+        for (c, chain) in self.chains.iter_mut().enumerate() {
+            let k = (stream_offset as usize + c) % starts.len();
+            chain.x.copy_from_slice(&starts[k]);
+        }
+        Ok(())
+    }
+
     /// The target.
     pub fn target(&self) -> &Arc<dyn Target> {
         &self.target

@@ -65,6 +65,11 @@ pub struct McmcConfig {
     /// Store configurations, not only observables (default true).
     #[serde(default = "default_true")]
     pub store_configs: bool,
+    /// Coordinate files to start from (relative to the config file): chain c starts from
+    /// file c mod len (e.g. one per metastable state); default: the target's cold start.
+    /// Format of [`crate::start::read_coordinates`].
+    #[serde(default)]
+    pub start: Vec<std::path::PathBuf>,
     /// HMC parameters.
     #[serde(default)]
     pub hmc: crate::hmc::HmcConfig,

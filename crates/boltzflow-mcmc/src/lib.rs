@@ -9,6 +9,7 @@ pub mod config;
 pub mod heatbath;
 pub mod hmc;
 pub mod local;
+pub mod start;
 pub mod wolff;
 
 use rand::SeedableRng;
@@ -52,6 +53,13 @@ pub enum McmcError {
     /// A checkpointed sampler state could not be restored.
     #[error("cannot restore sampler state: {0}")]
     State(String),
+    /// A start-coordinates file is missing or does not fit the target.
+    #[error("mcmc.start {path}: {problem}; {fix}")]
+    Start {
+        path: String,
+        problem: String,
+        fix: &'static str,
+    },
 }
 
 /// `Result` with [`McmcError`].

@@ -35,6 +35,7 @@ fn config(
         steps_per_draw: 1,
         block: 100,
         store_configs: false,
+        start: Vec::new(),
         hmc: HmcConfig::default(),
         metropolis: MetropolisConfig::default(),
         wolff: WolffConfig::default(),

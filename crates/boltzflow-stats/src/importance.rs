@@ -72,6 +72,47 @@ pub fn ln_z(log_w: &[f64]) -> Result<(f64, f64)> {
 /// in log space, so weights spanning hundreds of e-folds are handled exactly. Log weights may
 /// be `-inf` but not NaN or `+inf`; values must be finite.
 pub fn reweighted_mean(log_w: &[f64], values: &[f64], bin: usize) -> Result<(f64, f64)> {
+    let (mean, leave_outs) = reweighted_leave_outs(log_w, values, bin)?;
+    Ok((mean, jackknife_error(&leave_outs)))
+}
+
+/// A function `f(<O_1>, ..., <O_n>)` of reweighted means (e.g. the free-energy difference
+/// -ln(<1_B> / <1_A>)) with the binned jackknife error: the leave-one-bin-out estimates are
+/// f of the leave-one-bin-out reweighted means. Inputs as in [`reweighted_mean`], every
+/// series aligned with `log_w`.
+pub fn reweighted_derived(
+    log_w: &[f64],
+    inputs: &[&[f64]],
+    bin: usize,
+    f: &dyn Fn(&[f64]) -> f64,
+) -> Result<(f64, f64)> {
+    if inputs.is_empty() {
+        return Err(StatsError::NoData {
+            what: "inputs of a derived quantity",
+        });
+    }
+    let parts = inputs
+        .iter()
+        .map(|values| reweighted_leave_outs(log_w, values, bin))
+        .collect::<Result<Vec<_>>>()?;
+    let means: Vec<f64> = parts.iter().map(|(m, _)| *m).collect();
+    let n_bins = parts[0].1.len();
+    let leave_outs: Vec<f64> = (0..n_bins)
+        .map(|k| f(&parts.iter().map(|(_, l)| l[k]).collect::<Vec<_>>()))
+        .collect();
+    let value = f(&means);
+    if !value.is_finite() || leave_outs.iter().any(|v| !v.is_finite()) {
+        return Err(StatsError::NonFinite {
+            what: "derived quantity of reweighted means",
+            index: 0,
+            value,
+        });
+    }
+    Ok((value, jackknife_error(&leave_outs)))
+}
+
+/// The reweighted mean and its leave-one-bin-out means (see [`reweighted_mean`]).
+fn reweighted_leave_outs(log_w: &[f64], values: &[f64], bin: usize) -> Result<(f64, Vec<f64>)> {
     check_log_weights(log_w)?;
     check_finite("reweighted values", values)?;
     if values.len() != log_w.len() {
@@ -133,7 +174,7 @@ pub fn reweighted_mean(log_w: &[f64], values: &[f64], bin: usize) -> Result<(f64
         leave_outs.push(complement.mean);
         prefix = prefix.merge(bins[k]);
     }
-    Ok((suffix[0].mean, jackknife_error(&leave_outs)))
+    Ok((suffix[0].mean, leave_outs))
 }
 
 /// A group of samples summarised by `log_weight = LSE(log w)` and the weighted mean of O.

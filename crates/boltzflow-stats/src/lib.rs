@@ -21,7 +21,7 @@ mod jackknife;
 
 pub use convergence::split_rhat;
 pub use gamma::{autocorrelation, gamma_method, gamma_method_derived};
-pub use importance::{ess_fraction, ln_z, log_sum_exp, reweighted_mean};
+pub use importance::{ess_fraction, ln_z, log_sum_exp, reweighted_derived, reweighted_mean};
 pub use jackknife::jackknife;
 
 /// Result of an error analysis of one observable (or derived quantity).

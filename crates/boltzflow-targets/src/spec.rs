@@ -154,6 +154,52 @@ impl TargetSpec {
         })
     }
 
+    /// kT of a molecular target (S = E / kT); None for lattice field theories.
+    pub fn temperature(&self) -> Option<f64> {
+        match self {
+            Self::Phi4(_) | Self::U1(_) => None,
+            Self::DoubleWell(s) => Some(s.temperature),
+            Self::MuellerBrown(s) => Some(s.temperature),
+            Self::Dw4(s) => Some(s.temperature),
+            Self::Lj(s) => Some(s.temperature),
+            Self::Dimer(s) => Some(s.temperature),
+        }
+    }
+
+    /// The same molecular target at temperature `t` (None for lattice field theories).
+    pub fn with_temperature(&self, t: f64) -> Option<Self> {
+        let mut spec = self.clone();
+        match &mut spec {
+            Self::Phi4(_) | Self::U1(_) => return None,
+            Self::DoubleWell(s) => s.temperature = t,
+            Self::MuellerBrown(s) => s.temperature = t,
+            Self::Dw4(s) => s.temperature = t,
+            Self::Lj(s) => s.temperature = t,
+            Self::Dimer(s) => s.temperature = t,
+        }
+        Some(spec)
+    }
+
+    /// Whether S(x) is invariant under translating every particle by the same vector (DW4
+    /// and LJ: their density is not normalisable along the centre of mass, which flows must
+    /// remove and MCMC lets diffuse).
+    pub fn translation_invariant(&self) -> bool {
+        matches!(self, Self::Dw4(_) | Self::Lj(_))
+    }
+
+    /// Groups of identical particles (consecutive index ranges): S(x) is invariant under
+    /// any permutation within a group. Empty for targets that are not particle systems.
+    pub fn identical_particles(&self) -> Vec<std::ops::Range<usize>> {
+        match self {
+            Self::Dw4(s) => vec![0..s.n_particles as usize],
+            Self::Lj(s) => vec![0..s.n_particles as usize],
+            // the two dimer atoms (bond, restraint and repulsion are symmetric in them) and
+            // the solvent
+            Self::Dimer(s) => vec![0..2, 2..2 + s.n_solvent as usize],
+            _ => Vec::new(),
+        }
+    }
+
     /// The theory tag as written in lattice files.
     pub fn theory(&self) -> &'static str {
         match self {

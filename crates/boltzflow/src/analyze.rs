@@ -483,6 +483,29 @@ fn analyze_sample(
             Err(e) => tracing::warn!("{}: {name} not reweighted: {e}", path.display()),
         }
     }
+    // Derived quantities (free-energy differences, Binder cumulant) of reweighted means,
+    // with the jackknife over the same bins.
+    for derived in target.derived() {
+        let Some(inputs) = derived
+            .inputs
+            .iter()
+            .map(|n| all(n))
+            .collect::<Option<Vec<_>>>()
+        else {
+            continue;
+        };
+        let inputs: Vec<&[f64]> = inputs.iter().map(Vec::as_slice).collect();
+        let f = derived.f;
+        match boltzflow_stats::reweighted_derived(&log_w, &inputs, bin, &|m: &[f64]| f(m)) {
+            Ok(value) => {
+                reweighted.insert(
+                    derived.name.to_string(),
+                    ValueReport::new(value, exact.get(derived.name).copied()),
+                );
+            }
+            Err(e) => tracing::warn!("{}: {} not reweighted: {e}", path.display(), derived.name),
+        }
+    }
     report.reweighted = Some(reweighted);
     if let (Some(accepted), Some(index)) = (series.get("mh_accepted"), series.get("mh_index")) {
         // Per observable, the MH chain of every file chain: with interleaved local updates
@@ -712,6 +735,10 @@ fn print_train(r: &Report) {
     }
 }
 
+/// Below this effective sample size (ESS/N x N) reweighted estimates and their jackknife
+/// errors are dominated by a handful of samples, and `analyze` says so.
+pub const MIN_EFFECTIVE: f64 = 100.0;
+
 /// The table of a sample file: reweighted and MH-chain estimates side by side.
 fn print_sample(r: &Report) {
     let draws = if r.chains > 1 {
@@ -725,6 +752,12 @@ fn print_sample(r: &Report) {
         r.theory,
         r.ess.unwrap_or(f64::NAN)
     );
+    let effective = r.ess.unwrap_or(f64::NAN) * (r.draws * r.chains) as f64;
+    if effective < MIN_EFFECTIVE {
+        println!(
+            "warning: the weights rest on {effective:.1} effective samples (ESS/N x N < {MIN_EFFECTIVE}): the reweighted errors are not reliable; train the flow longer or sample more"
+        );
+    }
     if let Some(z) = &r.ln_z {
         println!(
             "ln Z = {}  exact {}  sigma {}",

@@ -1082,14 +1082,33 @@ fn normalised_weights(log_w: &[f64]) -> Vec<f64> {
 }
 
 /// Histogrammed observables: series, axis label, plot title, file. The first one a sample
-/// file has is plotted (|M|/V for phi^4, Q for U(1)).
-const HISTOGRAMS: [(&str, &str, &str, &str); 2] = [
+/// file has is plotted (|M|/V for phi^4, Q for U(1), the reaction coordinate of the double
+/// well and the dimer, the energy of the other molecular systems).
+const HISTOGRAMS: [(&str, &str, &str, &str); 5] = [
     ("abs_m", "|M|/V", "Histogram of |M|/V", "abs_m_hist.svg"),
     (
         "q",
         "Q",
         "Histogram of the topological charge Q",
         "q_hist.svg",
+    ),
+    (
+        "x",
+        "x",
+        "Histogram of the reaction coordinate x",
+        "x_hist.svg",
+    ),
+    (
+        "dimer_distance",
+        "d",
+        "Histogram of the dimer distance d",
+        "d_hist.svg",
+    ),
+    (
+        "energy",
+        "E",
+        "Histogram of the energy E",
+        "energy_hist.svg",
     ),
 ];
 
@@ -1117,7 +1136,24 @@ fn histogram_svg(
         let r = EnsembleReader::open(file)?;
         sets.push((kind.name().into(), r.series(series)?.concat(), None));
     }
-    let (lo, hi) = range(sets.iter().flat_map(|s| s.1.iter().copied()));
+    let (lo, hi) = if series == "q" {
+        range(sets.iter().flat_map(|s| s.1.iter().copied()))
+    } else {
+        // The central 99.8% of the values: a rare flow proposal far out (a clash of two
+        // particles has an energy of 10^6) must not squeeze the histograms into one bin.
+        let mut all: Vec<f64> = sets
+            .iter()
+            .flat_map(|s| s.1.iter().copied())
+            .filter(|v| v.is_finite())
+            .collect();
+        all.sort_by(f64::total_cmp);
+        let at = |p: f64| all[((all.len() - 1) as f64 * p).round() as usize];
+        if all.is_empty() {
+            (0.0, 1.0)
+        } else {
+            (at(0.001), at(0.999).max(at(0.001) + 1e-12))
+        }
+    };
     // Q is an integer: one bin per charge.
     let (lo, hi, bins) = if series == "q" {
         (
@@ -1126,7 +1162,7 @@ fn histogram_svg(
             (hi.round() - lo.round()) as usize + 1,
         )
     } else {
-        (lo.min(0.0), hi, 40)
+        (if series == "abs_m" { lo.min(0.0) } else { lo }, hi, 40)
     };
     let curves: Vec<Curve> = sets
         .iter()

@@ -200,9 +200,10 @@ pub struct FlowSection {
     /// Components of the NCP mixture (default 2; coupling "ncp" only).
     #[serde(default = "default_mix")]
     pub mix: usize,
-    /// Conditioner network (default "conv": periodic, translation equivariant; "mlp").
+    /// Conditioner network (default "conv" on lattices: periodic, translation equivariant;
+    /// "mlp" on molecular targets).
     #[serde(default)]
-    pub conditioner: ConditionerKind,
+    pub conditioner: Option<ConditionerKind>,
     /// Hidden channels (conv) or widths (mlp) of each conditioner (default `[8, 8]`).
     #[serde(default = "default_hidden")]
     pub hidden: Vec<usize>,
@@ -212,9 +213,14 @@ pub struct FlowSection {
     /// Hidden activation (default "leaky_relu"; "relu", "tanh", "silu").
     #[serde(default)]
     pub activation: boltzflow_burn::Activation,
-    /// Frozen/active split (default "checkerboard"; "alternating", "halves").
+    /// Frozen/active split (default "checkerboard" on lattices, "halves" on molecular
+    /// targets; "alternating").
     #[serde(default)]
-    pub mask: boltzflow_burn::Mask,
+    pub mask: Option<boltzflow_burn::Mask>,
+    /// Centre of mass of particle systems (default "remove" where the energy is translation
+    /// invariant, DW4 and LJ, whose density is not normalisable along it; "keep" otherwise).
+    #[serde(default)]
+    pub centre_of_mass: Option<boltzflow_burn::CentreOfMass>,
     /// Make the flow odd, q(-x) = q(x) (phi^4's Z2 symmetry; default false).
     #[serde(default)]
     pub z2: bool,
@@ -340,6 +346,28 @@ pub struct TrainSection {
     /// Weight of the forward KL in "mix" (default 0.5).
     #[serde(default = "default_forward_weight")]
     pub forward_weight: f64,
+    /// Generate the forward-KL ensemble first: run this config's `[mcmc]` section into
+    /// `DIR/ensemble.h5` (reused by `--resume`) and train on it, instead of
+    /// `train.ensemble` (default false).
+    #[serde(default)]
+    pub generate_ensemble: bool,
+    /// Temperatures kT of the reverse KL (molecular targets): step t trains at
+    /// `temperatures[t mod len]`, with energy / T and prior variance T / T_0 (T_0 the
+    /// lattice file's), so that one flow samples a range of temperatures (`sample.temperature`).
+    /// The forward KL always uses the ensemble's T_0. Default: T_0 only.
+    #[serde(default)]
+    pub temperatures: Vec<f64>,
+    /// Regularise the reverse KL's action above this value: S -> c + ln(1 + S - c) for
+    /// S > c (Noe et al. 2019), so that rare samples in a steep wall or a particle clash do
+    /// not dominate the gradient (burn engine; sampling and reweighting use the true S).
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regularize_above: Option<f64>,
+    /// Relabel identical particles of each forward-KL minibatch configuration by a random
+    /// permutation (data augmentation towards a permutation-symmetric q; default false: the
+    /// labelling of the MCMC chains).
+    #[serde(default)]
+    pub augment_permutations: bool,
     /// MCMC ensemble for the forward KL (an HDF5 file of `boltzflow mcmc` with stored
     /// configurations; relative to the config file).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -415,9 +443,33 @@ impl TrainSection {
         if !(0.0..=1.0).contains(&self.forward_weight) {
             bail!("train.forward_weight must lie in [0, 1], e.g. 0.5");
         }
-        if self.forward_kl() && self.ensemble.is_none() {
+        if let Some(t) = self
+            .temperatures
+            .iter()
+            .find(|t| !(t.is_finite() && **t > 0.0))
+        {
             bail!(
-                "train.objective = \"{}\" needs train.ensemble = \"<file.h5>\" (an ensemble written by boltzflow mcmc)",
+                "train.temperatures lists {t}; every temperature must be a positive kT, e.g. [1.0, 2.0, 3.0]"
+            );
+        }
+        if let Some(c) = self.regularize_above
+            && !c.is_finite()
+        {
+            bail!("train.regularize_above must be a finite action, e.g. 1e3");
+        }
+        if self.generate_ensemble && self.ensemble.is_some() {
+            bail!(
+                "train.generate_ensemble = true writes its own ensemble; remove train.ensemble or set generate_ensemble = false"
+            );
+        }
+        if self.generate_ensemble && !self.forward_kl() {
+            bail!(
+                "train.generate_ensemble = true but train.objective = \"reverse\" uses no ensemble; set train.objective = \"mix\" or \"forward\""
+            );
+        }
+        if self.forward_kl() && self.ensemble.is_none() && !self.generate_ensemble {
+            bail!(
+                "train.objective = \"{}\" needs train.ensemble = \"<file.h5>\" (an ensemble written by boltzflow mcmc) or train.generate_ensemble = true",
                 if matches!(self.objective, Objective::Forward) {
                     "forward"
                 } else {
@@ -446,6 +498,61 @@ impl TrainSection {
 }
 
 impl FlowSection {
+    /// The conditioner (resolved by [`FlowSection::for_target`]).
+    pub fn conditioner(&self) -> ConditionerKind {
+        self.conditioner.unwrap_or_default()
+    }
+
+    /// The mask (resolved by [`FlowSection::for_target`]).
+    pub fn mask(&self) -> boltzflow_burn::Mask {
+        self.mask.unwrap_or_default()
+    }
+
+    /// The centre-of-mass handling (resolved by [`FlowSection::for_target`]).
+    pub fn centre_of_mass(&self) -> boltzflow_burn::CentreOfMass {
+        self.centre_of_mass.unwrap_or_default()
+    }
+
+    /// The section with the defaults that depend on the target filled in: MLP conditioners,
+    /// "halves" masks on molecular targets, the centre of mass removed on translation-
+    /// invariant ones. Keeping the centre of mass of a translation-invariant target, or
+    /// removing it elsewhere, is refused.
+    pub fn for_target(&self, spec: &boltzflow_targets::TargetSpec) -> Result<Self> {
+        use boltzflow_burn::{CentreOfMass, Mask};
+        let molecular = spec.temperature().is_some();
+        let invariant = spec.translation_invariant();
+        let com = self.centre_of_mass.unwrap_or(if invariant {
+            CentreOfMass::Remove
+        } else {
+            CentreOfMass::Keep
+        });
+        match com {
+            CentreOfMass::Keep if invariant => bail!(
+                "flow.centre_of_mass = \"keep\" but the energy of `{}` does not change when every particle moves together, so exp(-S) is not normalisable along the centre of mass; set flow.centre_of_mass = \"remove\" (the default)",
+                spec.theory()
+            ),
+            CentreOfMass::Remove if !invariant => bail!(
+                "flow.centre_of_mass = \"remove\" but `{}` is not translation invariant (its centre of mass is physical); remove the key",
+                spec.theory()
+            ),
+            _ => {}
+        }
+        Ok(Self {
+            conditioner: Some(self.conditioner.unwrap_or(if molecular {
+                ConditionerKind::Mlp
+            } else {
+                ConditionerKind::Conv
+            })),
+            mask: Some(self.mask.unwrap_or(if molecular {
+                Mask::Halves
+            } else {
+                Mask::Checkerboard
+            })),
+            centre_of_mass: Some(com),
+            ..self.clone()
+        })
+    }
+
     /// Checks every value; the error names the key.
     pub fn validate(&self) -> Result<()> {
         if self.layers < 1 {
@@ -509,6 +616,11 @@ pub struct SampleSection {
     /// costs one extra inverse pass. Default false.
     #[serde(default)]
     pub z2_mixture: bool,
+    /// Sample and reweight at this temperature kT instead of the lattice file's T_0
+    /// (molecular targets; the flow's prior variance becomes T / T_0, the recipe of a flow
+    /// trained with `train.temperatures`). The sample file records the lattice at T.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 impl SampleSection {
@@ -527,6 +639,11 @@ impl SampleSection {
         }
         if self.local_steps < 1 {
             bail!("sample.local_steps must be >= 1");
+        }
+        if let Some(t) = self.temperature
+            && !(t.is_finite() && t > 0.0)
+        {
+            bail!("sample.temperature = {t}; the temperature must be a positive kT, e.g. 1.0");
         }
         Ok(())
     }
@@ -595,6 +712,24 @@ impl Loaded {
         })?;
         flow.validate()?;
         train.validate()?;
+        if !train.temperatures.is_empty() && self.lattice.target.temperature().is_none() {
+            bail!(
+                "train.temperatures applies to molecular targets (S = E / kT) but `{}` has no temperature; remove it",
+                self.lattice.target.theory()
+            );
+        }
+        if train.augment_permutations && self.lattice.target.identical_particles().is_empty() {
+            bail!(
+                "train.augment_permutations relabels identical particles but `{}` has none; remove it",
+                self.lattice.target.theory()
+            );
+        }
+        if train.generate_ensemble && self.config.mcmc.is_none() {
+            bail!(
+                "train.generate_ensemble = true runs the config's [mcmc] section but {} has none; add one (see configs/flow_double_well.toml)",
+                path.display()
+            );
+        }
         Ok((flow, train))
     }
 
@@ -607,6 +742,12 @@ impl Loaded {
             )
         })?;
         sample.validate()?;
+        if sample.temperature.is_some() && self.lattice.target.temperature().is_none() {
+            bail!(
+                "sample.temperature applies to molecular targets (S = E / kT) but `{}` has no temperature; remove it",
+                self.lattice.target.theory()
+            );
+        }
         Ok(sample)
     }
 }

@@ -54,10 +54,12 @@ impl Architecture {
     /// circular-spline flow, which is not gauge-equivariant.
     pub fn resolve(
         section: &FlowSection,
+        spec: &TargetSpec,
         shape: &[usize],
         forward_kl: bool,
-        gauge: bool,
     ) -> Result<Self> {
+        let gauge = matches!(spec, TargetSpec::U1(_));
+        let section = &section.for_target(spec)?;
         let circle = matches!(section.coupling, Coupling::Ncp | Coupling::CircularSpline);
         if gauge && !circle {
             bail!(
@@ -78,8 +80,8 @@ impl Architecture {
         let native_capable = (matches!(section.coupling, Coupling::Affine)
             || matches!(section.coupling, Coupling::Spline)
                 && section.bins <= boltzflow_flow::spline::MAX_BINS)
-            && matches!(section.conditioner, ConditionerKind::Conv)
-            && matches!(section.mask, Mask::Checkerboard)
+            && matches!(section.conditioner(), ConditionerKind::Conv)
+            && matches!(section.mask(), Mask::Checkerboard)
             && matches!(section.activation, Activation::LeakyRelu)
             && shape.len() == 2
             && section.device == Device::Cpu;
@@ -231,13 +233,13 @@ fn gauge_config(
     if forward_kl {
         return refuse("train.objective = \"forward\" or \"mix\"");
     }
-    if !matches!(section.conditioner, ConditionerKind::Conv) {
+    if !matches!(section.conditioner(), ConditionerKind::Conv) {
         return refuse("flow.conditioner = \"mlp\"");
     }
     if !matches!(section.activation, Activation::LeakyRelu) {
         return refuse("a flow.activation other than \"leaky_relu\"");
     }
-    if !matches!(section.mask, Mask::Checkerboard) {
+    if !matches!(section.mask(), Mask::Checkerboard) {
         return refuse("flow.mask");
     }
     if section.z2 {
@@ -291,7 +293,7 @@ fn burn_config(section: &FlowSection, shape: &[usize]) -> FlowConfig {
             Transform::CircularSpline { bins: section.bins }
         }
     };
-    let conditioner = match section.conditioner {
+    let conditioner = match section.conditioner() {
         ConditionerKind::Conv => Conditioner::Conv {
             hidden: section.hidden.clone(),
             kernel: section.kernel,
@@ -307,13 +309,14 @@ fn burn_config(section: &FlowSection, shape: &[usize]) -> FlowConfig {
         layers: section.layers,
         transform,
         conditioner,
-        mask: section.mask,
+        mask: section.mask(),
         z2: section.z2,
         prior: if matches!(section.coupling, Coupling::CircularSpline | Coupling::Ncp) {
             Prior::UniformCircle
         } else {
             Prior::Normal
         },
+        centre_of_mass: section.centre_of_mass(),
         seed: section.seed,
     }
 }

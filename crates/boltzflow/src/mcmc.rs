@@ -41,6 +41,17 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     local.chains = share.len();
     // Everything is validated before any file is touched.
     let mut chains = Chains::new(&local, &loaded.lattice.target, share.start as u64)?;
+    let starts = mcmc
+        .start
+        .iter()
+        .map(|p| {
+            boltzflow_mcmc::start::read_coordinates(
+                &crate::config::resolve(&args.config, p),
+                &loaded.lattice.target,
+            )
+        })
+        .collect::<boltzflow_mcmc::Result<Vec<_>>>()?;
+    chains.start_from(&starts, share.start as u64)?;
     let collated = args
         .out
         .clone()

@@ -116,7 +116,7 @@ impl Generators {
 
 /// Draws the samples (this rank's share of them) and returns the path of the ensemble file.
 pub fn run(args: &SampleArgs, comm: &dyn Communicator) -> Result<PathBuf> {
-    let loaded = Loaded::read(&args.run.config, &args.run.overrides)?;
+    let mut loaded = Loaded::read(&args.run.config, &args.run.overrides)?;
     let sample = loaded.sampling(&args.run.config)?;
     let ranks = comm.size();
     if !sample.samples.is_multiple_of(ranks) {
@@ -144,7 +144,25 @@ pub fn run(args: &SampleArgs, comm: &dyn Communicator) -> Result<PathBuf> {
         .flow
         .as_ref()
         .map_or(crate::engine::Device::Cpu, |f| f.device);
-    let flow = model.build_flow(device)?;
+    let mut flow = model.build_flow(device)?;
+    if let Some(t) = sample.temperature {
+        // Sample and reweight at T: the target (and every file's lattice) at T, the prior
+        // variance T / T_0. Reference values of the lattice file hold at T_0 only.
+        let t0 = loaded.lattice.target.temperature().unwrap_or(1.0);
+        flow.set_temperature(t / t0)
+            .map_err(|e| anyhow!("sample.temperature: {e}"))?;
+        loaded.lattice.target = loaded
+            .lattice
+            .target
+            .with_temperature(t)
+            .expect("sampling() admits temperatures on molecular targets only");
+        loaded.lattice.target.validate()?;
+        loaded.lattice.reference = None;
+        loaded.lattice.description = Some(format!(
+            "{} (sampled at kT = {t})",
+            loaded.lattice.description.as_deref().unwrap_or("")
+        ));
+    }
     let target = loaded.lattice.target.build()?;
     let proposer = Proposer {
         flow: flow.as_ref(),

@@ -240,7 +240,7 @@ fn evaluate(
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(
         seed ^ EVAL_SALT ^ step.wrapping_mul(0x9e37_79b9_7f4a_7c15),
     );
-    let dim = flow.dim();
+    let dim = flow.latent_dim();
     let z = flow.draw_prior(n, &mut rng);
     let share = Shard::of(comm).range(n);
     let (x, log_q) = flow
@@ -306,21 +306,45 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     }
     let shape = flow_shape(&loaded.lattice.target, &args.config)?;
     let target = loaded.lattice.target.build()?;
-    let gauge = matches!(loaded.lattice.target, boltzflow_targets::TargetSpec::U1(_));
-    let flow_config = Architecture::resolve(&flow_section, &shape, train.forward_kl(), gauge)?;
+    let flow_config = Architecture::resolve(
+        &flow_section,
+        &loaded.lattice.target,
+        &shape,
+        train.forward_kl(),
+    )?;
     let mut model = flow_config.build(&loaded.lattice.target, flow_section.device)?;
-    let ensemble = match &train.ensemble {
-        Some(path) if train.forward_kl() => Some(read_ensemble(
-            &crate::config::resolve(&args.config, path),
-            &loaded.lattice,
-        )?),
-        _ => None,
-    };
-    tracing::info!("{}", flow_config.summary());
+    let t0 = loaded.lattice.target.temperature().unwrap_or(1.0);
+    let ratios: Vec<f64> = train.temperatures.iter().map(|t| t / t0).collect();
+    if let Some(&r) = ratios.iter().find(|&&r| r != 1.0) {
+        model
+            .set_temperature(r)
+            .and_then(|_| model.set_temperature(1.0))
+            .map_err(|e| anyhow!("train.temperatures: {e}"))?;
+    }
+    model
+        .set_regularization(train.regularize_above)
+        .map_err(|e| anyhow!("train.regularize_above: {e}"))?;
     let dir = args
         .out
         .clone()
         .unwrap_or_else(|| default_dir(&args.config));
+    let ensemble_path = match &train.ensemble {
+        Some(path) => Some(crate::config::resolve(&args.config, path)),
+        None if train.generate_ensemble => Some(generate_ensemble(args, &dir, comm)?),
+        None => None,
+    };
+    let ensemble = match &ensemble_path {
+        Some(path) if train.forward_kl() => {
+            let mut data = read_ensemble(path, &loaded.lattice)?;
+            if train.augment_permutations {
+                data.groups = loaded.lattice.target.identical_particles();
+                data.spatial = shape.get(1).copied().unwrap_or(1);
+            }
+            Some(data)
+        }
+        _ => None,
+    };
+    tracing::info!("{}", flow_config.summary());
     let model_path = dir.join("model.json");
     let h5_path = dir.join("train.h5");
     let layout = Layout {
@@ -432,9 +456,13 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     while state.step < steps {
         let lr = train.lr_at(state.step as usize);
         let batch = train.batch_at(state.step as usize);
+        let ratio = match ratios.as_slice() {
+            [] => 1.0,
+            r => r[state.step as usize % r.len()],
+        };
         let mut loss = gradient_step(
             model.as_mut(),
-            &train,
+            (&train, ratio),
             (target.as_ref(), ensemble.as_ref()),
             (batch, shard),
             &mut state.rng,
@@ -556,10 +584,61 @@ pub fn run(args: &RunArgs, comm: &dyn Communicator) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// Runs the config's `[mcmc]` section into `dir/ensemble.h5` for the forward KL
+/// (`train.generate_ensemble`); with `--resume` an existing file is reused as it is.
+fn generate_ensemble(args: &RunArgs, dir: &Path, comm: &dyn Communicator) -> Result<PathBuf> {
+    let path = dir.join("ensemble.h5");
+    if args.resume && path.exists() {
+        tracing::info!("forward KL on the existing {}", path.display());
+        return Ok(path);
+    }
+    tracing::info!(
+        "train.generate_ensemble: running [mcmc] into {}",
+        path.display()
+    );
+    let mcmc_args = RunArgs {
+        out: Some(path.clone()),
+        resume: false,
+        ..args.clone()
+    };
+    crate::mcmc::run(&mcmc_args, comm)?;
+    comm.barrier();
+    Ok(path)
+}
+
 /// Stored configurations of an MCMC ensemble for the forward KL, `[n, dim]` f32.
 struct Ensemble {
     configs: Vec<f32>,
     dim: usize,
+    /// Groups of identical particles relabelled at random in every minibatch
+    /// (`train.augment_permutations`; empty: none).
+    groups: Vec<std::ops::Range<usize>>,
+    /// Coordinates per particle.
+    spatial: usize,
+}
+
+impl Ensemble {
+    /// Appends configuration i to `x`, its identical particles permuted uniformly at random
+    /// within each group (Fisher-Yates) when augmenting.
+    fn push(&self, i: usize, x: &mut Vec<f32>, rng: &mut Xoshiro256PlusPlus) {
+        let config = &self.configs[i * self.dim..(i + 1) * self.dim];
+        if self.groups.is_empty() {
+            x.extend_from_slice(config);
+            return;
+        }
+        let start = x.len();
+        x.extend_from_slice(config);
+        let d = self.spatial;
+        let out = &mut x[start..];
+        for group in &self.groups {
+            for k in (group.start + 1..group.end).rev() {
+                let j = rng.random_range(group.start..=k);
+                for c in 0..d {
+                    out.swap(k * d + c, j * d + c);
+                }
+            }
+        }
+    }
 }
 
 /// Reads every stored configuration of `path`; the ensemble's lattice must be `lattice`.
@@ -605,7 +684,12 @@ fn read_ensemble(path: &Path, lattice: &LatticeFile) -> Result<Ensemble> {
         configs.len() / dim,
         path.display()
     );
-    Ok(Ensemble { configs, dim })
+    Ok(Ensemble {
+        configs,
+        dim,
+        groups: Vec::new(),
+        spatial: 1,
+    })
 }
 
 /// -(1/b) sum log q on this rank's share of a minibatch of `batch` configurations drawn
@@ -623,7 +707,7 @@ fn forward_nll(
     let share = &indices[shard.range(batch)];
     let mut x = Vec::with_capacity(share.len() * data.dim);
     for &i in share {
-        x.extend_from_slice(&data.configs[i * data.dim..(i + 1) * data.dim]);
+        data.push(i, &mut x, rng);
     }
     let log_q = model
         .forward_kl_gradient(&x, grad)
@@ -636,7 +720,7 @@ fn forward_nll(
 /// the negative log-likelihood for "forward". Every rank draws the noise of the whole batch.
 fn gradient_step(
     model: &mut dyn FlowModel,
-    train: &TrainSection,
+    (train, ratio): (&TrainSection, f64),
     (target, ensemble): (&dyn Target, Option<&Ensemble>),
     (batch, shard): (usize, Shard),
     rng: &mut Xoshiro256PlusPlus,
@@ -650,12 +734,15 @@ fn gradient_step(
             Ok(nll)
         }
         Objective::Reverse | Objective::Mix => {
-            let dim = model.dim();
+            let dim = model.latent_dim();
+            // The reverse KL at T = ratio T_0; everything else at T_0.
+            model.set_temperature(ratio).map_err(|e| anyhow!("{e}"))?;
             let z = model.draw_prior(batch, rng);
             let share = shard.range(batch);
-            let (actions, log_q) = model
-                .reverse_kl_gradient_at(target, &z[share.start * dim..share.end * dim], grad)
-                .map_err(|e| anyhow!("{e}"))?;
+            let reverse =
+                model.reverse_kl_gradient_at(target, &z[share.start * dim..share.end * dim], grad);
+            model.set_temperature(1.0).map_err(|e| anyhow!("{e}"))?;
+            let (actions, log_q) = reverse.map_err(|e| anyhow!("{e}"))?;
             let loss = actions
                 .iter()
                 .zip(&log_q)

@@ -596,11 +596,12 @@ fn shipped_flow_configs_run() {
         let lattice = table["lattice"].as_str().unwrap().to_string();
         if table.contains_key("train") {
             let out = dir.path().join(path.file_stem().unwrap());
-            let result = train(
-                &path,
-                &out,
-                &["--set", "train.steps=2", "--set", "train.eval_batch=64"],
-            );
+            let mut sets = vec!["--set", "train.steps=2", "--set", "train.eval_batch=64"];
+            if table.contains_key("mcmc") {
+                // train.generate_ensemble runs the [mcmc] section first: keep it short
+                sets.extend(["--set", "mcmc.draws=20", "--set", "mcmc.thermalization=20"]);
+            }
+            let result = train(&path, &out, &sets);
             assert_success(&result);
             models.push((lattice.clone(), out.join("model.json")));
         }
