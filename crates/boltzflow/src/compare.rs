@@ -325,7 +325,11 @@ fn run_single(args: &CompareArgs) -> Result<Single> {
     if args.model.is_none() {
         loaded.training(path)?;
     }
-    loaded.sampling(path)?;
+    if let Some(t) = loaded.sampling(path)?.temperature {
+        bail!(
+            "sample.temperature = {t} would compare flow samples at kT = {t} with MCMC baselines at the lattice file's temperature; remove it, or compare with a lattice file at kT = {t}"
+        );
+    }
     train::flow_shape(&loaded.lattice.target, path)?;
     let target = loaded.lattice.target.build()?;
     let known: Vec<String> = target

@@ -253,7 +253,8 @@ fn mcmc_starts_from_coordinate_files() {
     assert!(!refused.exists());
 }
 
-/// Temperatures must be positive kT, and apply to molecular targets only.
+/// Temperatures must be positive kT, apply to molecular targets only, and `compare` refuses
+/// a sampling temperature its MCMC baselines would not share.
 #[test]
 fn bad_temperatures_give_one_line() {
     let dir = tempfile::tempdir().unwrap();
@@ -283,6 +284,19 @@ fn bad_temperatures_give_one_line() {
     let o = train(cold.to_str().unwrap(), &dir.path().join("c"), &[]);
     assert_one_line_error(&o, &["temperature", "positive"]);
     assert!(!dir.path().join("c").exists());
+    // compare would put the flow at another temperature than its MCMC baselines
+    let out = dir.path().join("cmp");
+    let o = run(&[
+        "compare",
+        &cfg,
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--set",
+        "sample.temperature=2.0",
+    ]);
+    assert_one_line_error(&o, &["sample.temperature", "MCMC baselines"]);
+    assert!(!out.exists());
 }
 
 /// `compare` on the double well (shortened): the report tabulates delta_f for the flow and
