@@ -143,6 +143,11 @@ pub trait VectorObservable: Send + Sync {
     }
     /// Writes the components for configuration `x` into `out` (length `len()`).
     fn measure(&self, x: &[f64], out: &mut [f64]);
+    /// The abscissa of each component when the vector is a function of one variable (the
+    /// bin centres of a histogram); None otherwise.
+    fn abscissa(&self) -> Option<Vec<f64>> {
+        None
+    }
 }
 
 /// A quantity f(<O_1>, ..., <O_n>) of the means of scalar observables.

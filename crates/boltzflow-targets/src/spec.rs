@@ -200,6 +200,13 @@ impl TargetSpec {
         }
     }
 
+    /// True when S is invariant under the mirror image that negates the first Cartesian
+    /// component of every particle: DW4 and LJ (pair distances only) and the dimer (pair
+    /// distances, and a restraint and box even in each coordinate).
+    pub fn mirror_symmetric(&self) -> bool {
+        matches!(self, Self::Dw4(_) | Self::Lj(_) | Self::Dimer(_))
+    }
+
     /// The theory tag as written in lattice files.
     pub fn theory(&self) -> &'static str {
         match self {

@@ -9,6 +9,7 @@ mod mcmc;
 mod output;
 mod provenance;
 mod sample;
+mod symmetry;
 mod train;
 
 use std::collections::BTreeMap;

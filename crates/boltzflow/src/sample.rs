@@ -22,7 +22,9 @@
 //! uses for the chain instead of `mh_index`.
 //!
 //! With `sample.z2_mixture` the proposals come from the Z2-symmetrised flow q_s(x) =
-//! [q(x) + q(-x)] / 2 (see [`Proposer`]) and `log_q` holds log q_s.
+//! [q(x) + q(-x)] / 2, with `sample.symmetrize = "particles"` from the mixture over the
+//! relabellings and mirror images of identical particles (see [`Proposer`]); `log_q` then
+//! holds the log density of the mixture.
 //!
 //! Under `mpirun -np R` the `sample.samples` draws (a multiple of R) are split evenly over
 //! the ranks; rank r draws from its own streams of
@@ -51,6 +53,7 @@ use boltzflow_targets::LatticeFile;
 
 use crate::config::Loaded;
 use crate::output::{self, RunArgs, lock_output, rank_file, run_meta, same_run};
+use crate::symmetry::SymmetryGroup;
 use crate::train::{self, ModelFile, lattice_summary};
 
 /// The independence Metropolis-Hastings series.
@@ -164,9 +167,19 @@ pub fn run(args: &SampleArgs, comm: &dyn Communicator) -> Result<PathBuf> {
         ));
     }
     let target = loaded.lattice.target.build()?;
+    let group = if sample.z2_mixture {
+        Some(SymmetryGroup::z2(target.dim()))
+    } else if sample.symmetrize.is_some() {
+        Some(SymmetryGroup::particles(
+            &loaded.lattice.target,
+            &target.shape(),
+        )?)
+    } else {
+        None
+    };
     let proposer = Proposer {
         flow: flow.as_ref(),
-        z2: sample.z2_mixture,
+        group,
     };
     let observables: Vec<_> = target
         .observables()
@@ -263,8 +276,10 @@ pub fn run(args: &SampleArgs, comm: &dyn Communicator) -> Result<PathBuf> {
         let x: Vec<f64> = x.iter().map(|&p| f64::from(p)).collect();
         let mut action = vec![0.0; n];
         target.action_batch(&x, &mut action);
-        if proposer.z2 && done == first {
-            check_z2_symmetric(target.as_ref(), &x[..dim], action[0])?;
+        if let Some(group) = proposer.group.as_ref()
+            && done == first
+        {
+            group.check_invariant(target.as_ref(), &x[..dim], action[0])?;
         }
         let log_w: Vec<f64> = action.iter().zip(&log_q).map(|(s, lq)| -s - lq).collect();
         let mut block_series = vec![("log_q".to_string(), log_q), ("action".to_string(), action)];
@@ -442,72 +457,37 @@ fn interleaved(
     Ok((accepted, index, on_chain))
 }
 
-/// The proposal density of a sampling run: the flow q, or with `z2` its Z2-symmetrised
-/// mixture q_s(x) = [q(x) + q(-x)] / 2 (draw x ~ q, flip its sign with probability 1/2;
-/// log q_s by one extra inverse pass on -x). For a Z2-symmetric target q_s is never further
-/// from p than q and removes any imbalance between the +M and -M modes.
+/// The proposal density of a sampling run: the flow q, or with a symmetry group G its
+/// symmetrised mixture q_G(x) = (1 / |G|) sum_g q(g x) (see [`crate::symmetry`]): draw x ~ q
+/// and apply a uniformly drawn g; log q_G costs |G| - 1 extra inverse passes. With
+/// `sample.z2_mixture` G = {1, x -> -x}: for a Z2-symmetric target q_G is never further from
+/// p than q and removes any imbalance between the +M and -M modes; with
+/// `sample.symmetrize = "particles"` G relabels identical particles and mirrors them.
 struct Proposer<'a> {
     flow: &'a dyn boltzflow_flow::FlowModel,
-    z2: bool,
+    group: Option<SymmetryGroup>,
 }
 
 impl Proposer<'_> {
-    /// `n` draws x ~ q (or q_s) with their log density; the sign coins come from `rng`
-    /// after the flow's noise.
+    /// `n` draws x ~ q (or q_G) with their log density; the group elements are drawn from
+    /// `rng` after the flow's noise.
     fn sample(&self, n: usize, rng: &mut Xoshiro256PlusPlus) -> Result<(Vec<f32>, Vec<f64>)> {
         let (mut x, mut log_q) = self.flow.sample(n, rng);
-        if self.z2 {
-            log_q = self.symmetrised(&x, &log_q)?;
-            let dim = self.flow.dim();
-            for config in x.chunks_exact_mut(dim) {
-                if rng.random::<bool>() {
-                    config.iter_mut().for_each(|v| *v = -*v);
-                }
-            }
+        if let Some(group) = &self.group {
+            log_q = group.log_mixture(self.flow, &x, &log_q)?;
+            group.scatter(&mut x, rng);
         }
         Ok((x, log_q))
     }
 
-    /// log q(x) (or log q_s(x)) of configurations `x` `[n, dim]`.
+    /// log q(x) (or log q_G(x)) of configurations `x` `[n, dim]`.
     fn log_prob(&self, x: &[f32]) -> Result<Vec<f64>> {
         let log_q = self.flow.log_prob(x)?;
-        if self.z2 {
-            self.symmetrised(x, &log_q)
-        } else {
-            Ok(log_q)
+        match &self.group {
+            Some(group) => group.log_mixture(self.flow, x, &log_q),
+            None => Ok(log_q),
         }
     }
-
-    /// log q_s(x) = ln([q(x) + q(-x)] / 2) from log q(x).
-    fn symmetrised(&self, x: &[f32], log_q: &[f64]) -> Result<Vec<f64>> {
-        let minus: Vec<f32> = x.iter().map(|v| -v).collect();
-        let log_q_minus = self.flow.log_prob(&minus)?;
-        Ok(log_q
-            .iter()
-            .zip(&log_q_minus)
-            .map(|(&a, &b)| {
-                let m = a.max(b);
-                m + (0.5 * ((a - m).exp() + (b - m).exp())).ln()
-            })
-            .collect())
-    }
-}
-
-/// Checks S(-x) = S(x) on one configuration: the Z2 mixture proposal needs a symmetric target.
-fn check_z2_symmetric(
-    target: &dyn boltzflow_targets::Target,
-    x: &[f64],
-    action: f64,
-) -> Result<()> {
-    let minus: Vec<f64> = x.iter().map(|v| -v).collect();
-    let flipped = target.action(&minus);
-    if (flipped - action).abs() > 1e-9 * (1.0 + action.abs()) {
-        bail!(
-            "sample.z2_mixture = true but target `{}` is not Z2-symmetric (S(-x) = {flipped} != S(x) = {action}); set sample.z2_mixture = false",
-            target.theory()
-        );
-    }
-    Ok(())
 }
 
 /// Runs the independence Metropolis chain over proposals with log weights `log_w`, the first
@@ -553,14 +533,19 @@ mod tests {
         };
         let well = target("double_well.toml");
         let x = vec![0.7; well.dim()];
-        let err = check_z2_symmetric(well.as_ref(), &x, well.action(&x)).unwrap_err();
+        let z2 = SymmetryGroup::z2(well.dim());
+        let err = z2
+            .check_invariant(well.as_ref(), &x, well.action(&x))
+            .unwrap_err();
         assert!(
             err.to_string().contains("sample.z2_mixture = false"),
             "{err}"
         );
         let phi4 = target("phi4_L8.toml");
         let x: Vec<f64> = (0..phi4.dim()).map(|i| (i as f64 * 0.37).sin()).collect();
-        check_z2_symmetric(phi4.as_ref(), &x, phi4.action(&x)).unwrap();
+        SymmetryGroup::z2(phi4.dim())
+            .check_invariant(phi4.as_ref(), &x, phi4.action(&x))
+            .unwrap();
     }
 
     /// Equal weights accept every proposal; a proposal of weight w_c e^-30 after the first is

@@ -7,12 +7,15 @@
 //! u = ±sqrt(-b / (2c)) with pair energy -b^2 / (4c). E depends only on distances, so it is
 //! invariant under permutations, rotations and translations of the particles.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::{
     PairDistanceHistogram, Potential, R2_FLOOR, count, energy_observables, finite,
     mean_pair_distance, one, positive, relax,
 };
+use crate::quadrature::CompositeRule;
 use crate::spec::validate_temperature;
 use crate::{FnObservable, Observable, Result, Target, VectorObservable};
 
@@ -111,6 +114,48 @@ impl Dw4 {
         let u = d - self.d0;
         let u2 = u * u;
         self.a * u + self.b * u2 + self.c * u2 * u2
+    }
+
+    /// Exact values of two particles (empty for more): ln Z, `energy`, `action` and
+    /// `mean_distance` by quadrature over the pair distance r. On the centre-of-mass-free
+    /// plane of the Helmert coordinate y = (x_1 - x_2) / sqrt(2) (r = sqrt(2) |y|, the
+    /// measure of a flow with `centre_of_mass = "remove"`),
+    ///
+    ///   Z = int d^2y exp(-phi(r) / T) = pi int_0^inf r exp(-phi(r) / T) dr,
+    ///
+    /// integrated with an `order`-point composite Gauss-Legendre rule on panels of width
+    /// `panel` over [0, r_max], r_max where phi exceeds its minimum by 200 T (and rises).
+    pub fn exact_pair(&self, order: usize, panel: f64) -> BTreeMap<String, f64> {
+        if self.n != 2 {
+            return BTreeMap::new();
+        }
+        let t = self.temperature;
+        let minimum = |hi: f64| {
+            (0..=8000)
+                .map(|k| self.pair_energy(hi * k as f64 / 8000.0))
+                .fold(f64::INFINITY, f64::min)
+        };
+        let mut hi = self.d0 + 1.0;
+        let mut e_min = minimum(hi);
+        while self.pair_energy(hi) - e_min < 200.0 * t || self.pair_derivative(hi) <= 0.0 {
+            hi += 0.5;
+            e_min = minimum(hi);
+        }
+        let rule = CompositeRule::new(order, panel, panel);
+        let [z, e, r] = rule.integrate_1d((0.0, hi), &[], |r| {
+            let phi = self.pair_energy(r);
+            let w = r * (-(phi - e_min) / t).exp();
+            [w, w * phi, w * r]
+        });
+        BTreeMap::from([
+            (
+                "ln_z".to_string(),
+                (std::f64::consts::PI * z).ln() - e_min / t,
+            ),
+            ("energy".to_string(), e / z),
+            ("action".to_string(), e / z / t),
+            ("mean_distance".to_string(), r / z),
+        ])
     }
 
     /// phi'(d) = a + 2 b u + 4 c u^3.
@@ -220,6 +265,11 @@ impl Target for Dw4 {
         obs
     }
 
+    /// [`Dw4::exact_pair`] for two particles; none for more.
+    fn exact(&self) -> BTreeMap<String, f64> {
+        self.exact_pair(12, 0.05)
+    }
+
     /// `pair_distance_hist` on 100 bins of [0, 2 d0] (= [0, 8] at the default d0 = 4).
     fn vector_observables(&self) -> Vec<Box<dyn VectorObservable>> {
         vec![Box::new(PairDistanceHistogram::new(2, 2.0 * self.d0))]
@@ -274,6 +324,51 @@ mod tests {
             dw4.force(&x, &mut f);
             assert!(f.iter().all(|g| g.abs() < 1e-12), "{f:?}");
         }
+    }
+
+    /// The two-particle quadrature over r equals a tensor-product quadrature over the
+    /// centre-of-mass-free plane y (x_1 = y / sqrt(2), x_2 = -y / sqrt(2)), is converged in
+    /// the rule, and is empty for four particles.
+    #[test]
+    fn two_particle_exact_values_match_the_plane_integral() {
+        let pair = Dw4::new(&Dw4Spec {
+            n_particles: 2,
+            temperature: 1.3,
+            a: 0.4,
+            ..spec()
+        })
+        .unwrap();
+        let exact = pair.exact();
+        let finer = pair.exact_pair(16, 0.02);
+        for (k, v) in &exact {
+            assert!(
+                (v - finer[k]).abs() < 1e-11 * (1.0 + v.abs()),
+                "{k}: {v} vs {}",
+                finer[k]
+            );
+        }
+        let rule = CompositeRule::new(12, 0.1, 0.1);
+        let s = std::f64::consts::FRAC_1_SQRT_2;
+        let [z, e] = rule.integrate_2d(
+            (-6.0, 6.0),
+            (-6.0, 6.0),
+            &[],
+            |_, _| {},
+            |y0, y1| {
+                let x = [s * y0, s * y1, -s * y0, -s * y1];
+                let energy = pair.energy(&x);
+                let w = (-energy / 1.3).exp();
+                [w, w * energy]
+            },
+        );
+        assert!(
+            (z.ln() - exact["ln_z"]).abs() < 1e-9,
+            "{} vs {}",
+            z.ln(),
+            exact["ln_z"]
+        );
+        assert!((e / z - exact["energy"]).abs() < 1e-9);
+        assert!(target().exact().is_empty());
     }
 
     #[test]

@@ -171,6 +171,10 @@ impl VectorObservable for PairDistanceHistogram {
         HISTOGRAM_BINS
     }
 
+    fn abscissa(&self) -> Option<Vec<f64>> {
+        Some(self.bin_centres())
+    }
+
     fn measure(&self, x: &[f64], out: &mut [f64]) {
         let dim = self.dim;
         let n = x.len() / dim;

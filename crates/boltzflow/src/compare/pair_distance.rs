@@ -1,0 +1,250 @@
+//! The pair-distance histogram of particle systems, compared bin by bin between the
+//! reweighted flow and each MCMC baseline.
+//!
+//! Per bin b the flow's estimate is the self-normalised reweighted mean of the per-draw
+//! histogram g_b(x) (binned jackknife error over about 100 bins of draws); a baseline's is the
+//! mean over all its chains with the Gamma-method error (the per-draw histograms are stored
+//! in MCMC files as the vector `pair_distance_hist`). The agreement of the two curves is
+//!
+//! ```text
+//! z_b = (g_flow,b - g_mcmc,b) / sqrt(err_flow,b^2 + err_mcmc,b^2),   chi^2 = sum_b z_b^2
+//! ```
+//!
+//! over the bins where the combined error is positive. Neighbouring bins are correlated
+//! (every draw fills n (n - 1) / 2 of them), so chi^2 / bins is a summary, not a p-value.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+
+use boltzflow_mcmc::SamplerKind;
+use boltzflow_store::EnsembleReader;
+use boltzflow_targets::Target;
+
+use super::{COLORS, Curve, Panel, figure};
+use crate::analyze::Report;
+
+/// The vector observable compared here.
+pub const NAME: &str = "pair_distance_hist";
+
+/// A binned density with one-sigma errors per bin.
+pub struct Binned {
+    /// Who estimated it ("flow reweighted", a baseline's name).
+    pub label: String,
+    pub mean: Vec<f64>,
+    pub err: Vec<f64>,
+}
+
+/// The agreement of the flow's histogram with one baseline's.
+pub struct Agreement {
+    pub baseline: String,
+    pub chi2: f64,
+    /// Bins with a positive combined error.
+    pub bins: usize,
+    /// The largest |z_b| and the bin centre where it occurs.
+    pub max_z: f64,
+    pub at: f64,
+}
+
+/// The comparison: bin centres, the flow's histogram, each baseline's, their agreement.
+pub struct Comparison {
+    pub centres: Vec<f64>,
+    pub flow: Binned,
+    pub baselines: Vec<Binned>,
+    pub agreement: Vec<Agreement>,
+}
+
+/// Compares the pair-distance histogram of the flow sample file `sample` (which must hold its
+/// configurations) with that of every baseline. None when the target has no such histogram,
+/// the sample file stored no configurations, or there is no baseline.
+pub fn compare(
+    sample: &Path,
+    target: &dyn Target,
+    baselines: &[(SamplerKind, Report, f64, PathBuf)],
+) -> Result<Option<Comparison>> {
+    let Some(observable) = target
+        .vector_observables()
+        .into_iter()
+        .find(|v| v.name() == NAME)
+    else {
+        return Ok(None);
+    };
+    if baselines.is_empty() {
+        return Ok(None);
+    }
+    let reader = EnsembleReader::open(sample)?;
+    if reader.config_shape().is_none() {
+        tracing::info!(
+            "compare: {} stored no configurations (sample.store_configs = false): no pair-distance histogram",
+            sample.display()
+        );
+        return Ok(None);
+    }
+    let bins = observable.len();
+    let draws = reader.draws();
+    let dim = target.dim();
+    let configs = reader.configs(0, 0..draws)?;
+    let log_w = reader.series("log_w")?.swap_remove(0);
+    // Per-bin columns of the per-draw histograms.
+    let rows: Vec<Vec<f64>> = configs
+        .par_chunks_exact(dim)
+        .map(|x| {
+            let mut out = vec![0.0; bins];
+            observable.measure(x, &mut out);
+            out
+        })
+        .collect();
+    let bin = (draws / 100).max(1);
+    let (mean, err): (Vec<f64>, Vec<f64>) = (0..bins)
+        .into_par_iter()
+        .map(|b| {
+            let column: Vec<f64> = rows.iter().map(|r| r[b]).collect();
+            boltzflow_stats::reweighted_mean(&log_w, &column, bin)
+                .with_context(|| format!("reweighted {NAME} bin {b}"))
+        })
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let flow = Binned {
+        label: "flow reweighted".into(),
+        mean,
+        err,
+    };
+
+    let mut binned = Vec::new();
+    for (kind, _, _, file) in baselines {
+        let chains = EnsembleReader::open(file)?.vector(NAME)?;
+        let (mean, err): (Vec<f64>, Vec<f64>) = (0..bins)
+            .into_par_iter()
+            .map(|b| {
+                let columns: Vec<Vec<f64>> = chains
+                    .iter()
+                    .map(|c| c.iter().map(|d| d[b]).collect())
+                    .collect();
+                let replicas: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
+                boltzflow_stats::gamma_method(&replicas, 2.0)
+                    .map(|e| (e.mean, e.err))
+                    .with_context(|| format!("{} {NAME} bin {b}", kind.name()))
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip();
+        binned.push(Binned {
+            label: kind.name().into(),
+            mean,
+            err,
+        });
+    }
+    let centres = observable
+        .abscissa()
+        .unwrap_or_else(|| (0..bins).map(|b| b as f64).collect());
+    let agreement = binned
+        .iter()
+        .map(|base| agreement(&flow, base, &centres))
+        .collect();
+    Ok(Some(Comparison {
+        centres,
+        flow,
+        baselines: binned,
+        agreement,
+    }))
+}
+
+/// z_b, chi^2 and the largest |z_b| of the flow's histogram against `base`.
+fn agreement(flow: &Binned, base: &Binned, centres: &[f64]) -> Agreement {
+    let mut out = Agreement {
+        baseline: base.label.clone(),
+        chi2: 0.0,
+        bins: 0,
+        max_z: 0.0,
+        at: f64::NAN,
+    };
+    for (b, z) in z_scores(flow, base).into_iter().enumerate() {
+        let Some(z) = z else { continue };
+        out.chi2 += z * z;
+        out.bins += 1;
+        if z.abs() > out.max_z {
+            out.max_z = z.abs();
+            out.at = centres[b];
+        }
+    }
+    out
+}
+
+/// z_b per bin, None where the combined error is zero.
+fn z_scores(flow: &Binned, base: &Binned) -> Vec<Option<f64>> {
+    flow.mean
+        .iter()
+        .zip(&flow.err)
+        .zip(base.mean.iter().zip(&base.err))
+        .map(|((m, e), (mb, eb))| {
+            let s = (e * e + eb * eb).sqrt();
+            (s > 0.0 && s.is_finite()).then(|| (m - mb) / s)
+        })
+        .collect()
+}
+
+/// Two panels: the histograms (flow reweighted and each baseline), and z_b of the flow
+/// against each baseline.
+pub fn svg(c: &Comparison) -> Result<String> {
+    let sets = std::iter::once(&c.flow).chain(&c.baselines);
+    let curves = sets
+        .enumerate()
+        .map(|(i, set)| Curve {
+            label: set.label.clone(),
+            color: COLORS[(i + 1) % COLORS.len()],
+            points: c
+                .centres
+                .iter()
+                .copied()
+                .zip(set.mean.iter().copied())
+                .collect(),
+        })
+        .collect();
+    let densities = Panel {
+        title: "pair-distance histogram g(r)".into(),
+        xlabel: "r".into(),
+        ylabel: "density".into(),
+        curves,
+    };
+    let z = c
+        .baselines
+        .iter()
+        .enumerate()
+        .map(|(i, base)| Curve {
+            label: format!("flow vs {}", base.label),
+            color: COLORS[(i + 2) % COLORS.len()],
+            points: c
+                .centres
+                .iter()
+                .zip(z_scores(&c.flow, base))
+                .filter_map(|(&r, z)| z.map(|z| (r, z)))
+                .collect(),
+        })
+        .collect();
+    let deviations = Panel {
+        title: "(flow - MCMC) / combined error per bin".into(),
+        xlabel: "r".into(),
+        ylabel: "z".into(),
+        curves: z,
+    };
+    figure(&[densities, deviations], 560, 420)
+}
+
+/// The comparison as CSV: r, flow mean and error, then mean and error of each baseline.
+pub fn csv(c: &Comparison) -> String {
+    let mut s = String::from("r,flow_reweighted,flow_reweighted_err");
+    for b in &c.baselines {
+        s.push_str(&format!(",{0},{0}_err", b.label));
+    }
+    s.push('\n');
+    for (k, r) in c.centres.iter().enumerate() {
+        s.push_str(&format!("{r},{},{}", c.flow.mean[k], c.flow.err[k]));
+        for b in &c.baselines {
+            s.push_str(&format!(",{},{}", b.mean[k], b.err[k]));
+        }
+        s.push('\n');
+    }
+    s
+}
