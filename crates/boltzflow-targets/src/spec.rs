@@ -201,8 +201,10 @@ impl TargetSpec {
     }
 
     /// True when S is invariant under the mirror image that negates the first Cartesian
-    /// component of every particle: DW4 and LJ (pair distances only) and the dimer (pair
-    /// distances, and a restraint and box even in each coordinate).
+    /// component of every particle: DW4 (pair distances only), LJ (pair distances and a
+    /// restraint on distances from the centre of mass) and the dimer (pair distances, its
+    /// restraint (x_1x + x_2x)^2 + x_1y^2 + x_2y^2 and the box, all unchanged when every x
+    /// component changes sign).
     pub fn mirror_symmetric(&self) -> bool {
         matches!(self, Self::Dw4(_) | Self::Lj(_) | Self::Dimer(_))
     }

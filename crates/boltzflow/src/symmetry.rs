@@ -27,7 +27,7 @@ use boltzflow_flow::FlowModel;
 use boltzflow_targets::{Target, TargetSpec};
 
 /// The largest particle group sampled exactly: each draw costs |G| evaluations of log q
-/// (8! = 40320).
+/// (8! = 40320: up to 7 identical particles with the mirror, 8 without).
 pub const MAX_GROUP: usize = 40_320;
 
 /// Rows per call of [`FlowModel::log_prob`] when evaluating the |G| images of a batch.
@@ -138,7 +138,7 @@ impl SymmetryGroup {
                 }
             }
             let others = flow.log_prob(&batch)?;
-            let ln_size = (self.len() as f64).ln();
+            let size = self.len() as f64;
             out.extend(lq.iter().enumerate().map(|(i, &own)| {
                 let row = &others[i * images..(i + 1) * images];
                 let m = row.iter().fold(own, |m, &v| m.max(v));
@@ -146,7 +146,7 @@ impl SymmetryGroup {
                     return m;
                 }
                 let sum = (own - m).exp() + row.iter().map(|&v| (v - m).exp()).sum::<f64>();
-                m + sum.ln() - ln_size
+                m + (sum / size).ln()
             }));
         }
         Ok(out)
@@ -347,7 +347,9 @@ mod tests {
         };
         let elements: std::collections::BTreeSet<_> = (0..48).map(key).collect();
         assert_eq!(elements.len(), 48, "elements repeat");
-        let x: Vec<f32> = (0..8).map(|k| (k as f32 * 1.37).sin() * 3.0).collect();
+        let x: Vec<f32> = (0..8)
+            .map(|k| (k as f32 * 1.37 + 0.5).sin() * 3.0)
+            .collect();
         let (mut a, mut b) = (vec![0.0; 8], vec![0.0; 8]);
         for e in 0..48 {
             for f in 0..48 {

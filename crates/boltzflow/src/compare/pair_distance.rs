@@ -84,8 +84,12 @@ pub fn compare(
     let bins = observable.len();
     let draws = reader.draws();
     let dim = target.dim();
-    let configs = reader.configs(0, 0..draws)?;
-    let log_w = reader.series("log_w")?.swap_remove(0);
+    // Every chain of the file (one per rank of a collated MPI run), back to back.
+    let mut configs = Vec::with_capacity(reader.chains() * draws * dim);
+    for chain in 0..reader.chains() {
+        configs.extend(reader.configs(chain, 0..draws)?);
+    }
+    let log_w = reader.series("log_w")?.concat();
     // Per-bin columns of the per-draw histograms.
     let rows: Vec<Vec<f64>> = configs
         .par_chunks_exact(dim)
@@ -95,7 +99,7 @@ pub fn compare(
             out
         })
         .collect();
-    let bin = (draws / 100).max(1);
+    let bin = (log_w.len() / 100).max(1);
     let (mean, err): (Vec<f64>, Vec<f64>) = (0..bins)
         .into_par_iter()
         .map(|b| {
