@@ -113,10 +113,15 @@ impl SymmetryGroup {
         self.source[0].len()
     }
 
-    /// Writes g_e x into `out`.
-    fn apply(&self, e: usize, x: &[f32], out: &mut [f32]) {
+    /// Writes g_e x into `out` (f32 flow configurations or f64 target configurations).
+    fn apply<T: Copy + From<f32> + std::ops::Mul<Output = T>>(
+        &self,
+        e: usize,
+        x: &[T],
+        out: &mut [T],
+    ) {
         for ((o, &s), &sign) in out.iter_mut().zip(&self.source[e]).zip(&self.sign[e]) {
-            *o = sign * x[s as usize];
+            *o = T::from(sign) * x[s as usize];
         }
     }
 
@@ -174,9 +179,7 @@ impl SymmetryGroup {
     pub fn check_invariant(&self, target: &dyn Target, x: &[f64], action: f64) -> Result<()> {
         let mut image = vec![0.0; x.len()];
         for e in 1..self.len() {
-            for ((o, &s), &sign) in image.iter_mut().zip(&self.source[e]).zip(&self.sign[e]) {
-                *o = f64::from(sign) * x[s as usize];
-            }
+            self.apply(e, x, &mut image);
             let moved = target.action(&image);
             if (moved - action).abs() > 1e-9 * (1.0 + action.abs()) {
                 let fix = if self.key == "sample.z2_mixture" {

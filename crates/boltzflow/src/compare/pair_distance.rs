@@ -2,9 +2,9 @@
 //! reweighted flow and each MCMC baseline.
 //!
 //! Per bin b the flow's estimate is the self-normalised reweighted mean of the per-draw
-//! histogram g_b(x) (binned jackknife error over about 100 bins of draws); a baseline's is the
-//! mean over all its chains with the Gamma-method error (the per-draw histograms are stored
-//! in MCMC files as the vector `pair_distance_hist`). The agreement of the two curves is
+//! histogram g_b(x) (binned jackknife error over about 100 bins of draws); a baseline's is its
+//! report's component-wise analysis of the stored vector `pair_distance_hist` (Gamma method
+//! over all chains, as `analyze` prints it). The agreement of the two curves is
 //!
 //! ```text
 //! z_b = (g_flow,b - g_mcmc,b) / sqrt(err_flow,b^2 + err_mcmc,b^2),   chi^2 = sum_b z_b^2
@@ -57,7 +57,7 @@ pub struct Comparison {
 
 /// Compares the pair-distance histogram of the flow sample file `sample` (which must hold its
 /// configurations) with that of every baseline. None when the target has no such histogram,
-/// the sample file stored no configurations, or there is no baseline.
+/// the sample file stored no configurations, or no baseline stored it.
 pub fn compare(
     sample: &Path,
     target: &dyn Target,
@@ -70,7 +70,19 @@ pub fn compare(
     else {
         return Ok(None);
     };
-    if baselines.is_empty() {
+    // The baselines' histograms are already analysed component by component (Gamma method
+    // over the chains) in their reports.
+    let binned: Vec<Binned> = baselines
+        .iter()
+        .filter_map(|(kind, report, _, _)| {
+            report.vectors.get(NAME).map(|v| Binned {
+                label: kind.name().into(),
+                mean: v.mean.clone(),
+                err: v.err.clone(),
+            })
+        })
+        .collect();
+    if binned.is_empty() {
         return Ok(None);
     }
     let reader = EnsembleReader::open(sample)?;
@@ -90,20 +102,16 @@ pub fn compare(
         configs.extend(reader.configs(chain, 0..draws)?);
     }
     let log_w = reader.series("log_w")?.concat();
-    // Per-bin columns of the per-draw histograms.
-    let rows: Vec<Vec<f64>> = configs
-        .par_chunks_exact(dim)
-        .map(|x| {
-            let mut out = vec![0.0; bins];
-            observable.measure(x, &mut out);
-            out
-        })
-        .collect();
+    // The per-draw histograms, `[draw][bin]` in one buffer.
+    let mut rows = vec![0.0; log_w.len() * bins];
+    rows.par_chunks_exact_mut(bins)
+        .zip(configs.par_chunks_exact(dim))
+        .for_each(|(out, x)| observable.measure(x, out));
     let bin = (log_w.len() / 100).max(1);
     let (mean, err): (Vec<f64>, Vec<f64>) = (0..bins)
         .into_par_iter()
         .map(|b| {
-            let column: Vec<f64> = rows.iter().map(|r| r[b]).collect();
+            let column: Vec<f64> = rows.iter().skip(b).step_by(bins).copied().collect();
             boltzflow_stats::reweighted_mean(&log_w, &column, bin)
                 .with_context(|| format!("reweighted {NAME} bin {b}"))
         })
@@ -116,30 +124,6 @@ pub fn compare(
         err,
     };
 
-    let mut binned = Vec::new();
-    for (kind, _, _, file) in baselines {
-        let chains = EnsembleReader::open(file)?.vector(NAME)?;
-        let (mean, err): (Vec<f64>, Vec<f64>) = (0..bins)
-            .into_par_iter()
-            .map(|b| {
-                let columns: Vec<Vec<f64>> = chains
-                    .iter()
-                    .map(|c| c.iter().map(|d| d[b]).collect())
-                    .collect();
-                let replicas: Vec<&[f64]> = columns.iter().map(Vec::as_slice).collect();
-                boltzflow_stats::gamma_method(&replicas, 2.0)
-                    .map(|e| (e.mean, e.err))
-                    .with_context(|| format!("{} {NAME} bin {b}", kind.name()))
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter()
-            .unzip();
-        binned.push(Binned {
-            label: kind.name().into(),
-            mean,
-            err,
-        });
-    }
     let centres = observable
         .abscissa()
         .unwrap_or_else(|| (0..bins).map(|b| b as f64).collect());
